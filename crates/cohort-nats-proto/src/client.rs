@@ -57,7 +57,10 @@ pub struct Publish {
 }
 
 /// The fields of `CONNECT` the broker acts on; unknown fields are ignored, as nats-server does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+///
+/// Omitted `verbose`, `pedantic` and `echo` default to `true`, as in nats-server; every real
+/// client sends them explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct Connect {
     /// Acknowledge every operation with `+OK`.
@@ -80,8 +83,7 @@ pub struct Connect {
     pub version: Option<String>,
     /// Protocol level the client speaks.
     pub protocol: Option<i64>,
-    /// Deliver the client's own messages back to it (`true` unless said otherwise).
-    #[serde(default = "yes")]
+    /// Deliver the client's own messages back to it.
     pub echo: bool,
     /// Public nkey (`U...`) for nkey authentication.
     pub nkey: Option<String>,
@@ -95,8 +97,27 @@ pub struct Connect {
     pub no_responders: bool,
 }
 
-fn yes() -> bool {
-    true
+impl Default for Connect {
+    fn default() -> Connect {
+        Connect {
+            verbose: true,
+            pedantic: true,
+            tls_required: false,
+            auth_token: None,
+            user: None,
+            pass: None,
+            name: None,
+            lang: None,
+            version: None,
+            protocol: None,
+            echo: true,
+            nkey: None,
+            sig: None,
+            jwt: None,
+            headers: false,
+            no_responders: false,
+        }
+    }
 }
 
 /// Why the byte stream was refused. Each is fatal for the connection.
@@ -135,7 +156,12 @@ enum State {
     /// Expecting a control line.
     Line,
     /// A `PUB`/`HPUB` control line was read; waiting for `size` bytes plus `\r\n`.
-    Payload { subject: String, reply: Option<String>, header_len: Option<usize>, size: usize },
+    Payload {
+        subject: String,
+        reply: Option<String>,
+        header_len: Option<usize>,
+        size: usize,
+    },
 }
 
 /// Incremental parser for one connection.
@@ -149,7 +175,11 @@ pub struct Parser {
 impl Parser {
     /// A parser enforcing the given limits (nats-server's defaults are 4096 and 1 MiB).
     pub fn new(max_control_line: usize, max_payload: usize) -> Parser {
-        Parser { max_control_line, max_payload, state: State::Line }
+        Parser {
+            max_control_line,
+            max_payload,
+            state: State::Line,
+        }
     }
 
     /// Consumes at most one operation from the front of `buf`.
@@ -157,6 +187,9 @@ impl Parser {
         if let State::Line = self.state {
             let window = buf.len().min(self.max_control_line + 2);
             let Some(newline) = memchr::memchr(b'\n', &buf[..window]) else {
+                if !plausible_start(buf) {
+                    return Err(ParseError::UnknownOperation);
+                }
                 if buf.len() > self.max_control_line + 1 {
                     return Err(ParseError::ControlLineTooLong);
                 }
@@ -170,9 +203,9 @@ impl Parser {
             if line.len() > self.max_control_line {
                 return Err(ParseError::ControlLineTooLong);
             }
-            match self.control_line(line)? {
-                Some(op) => return Ok(Some(op)),
-                None => {} // A PUB/HPUB line: the state now waits for its payload.
+            // `None` means a PUB/HPUB line: the state now waits for its payload.
+            if let Some(op) = self.control_line(line)? {
+                return Ok(Some(op));
             }
         }
         let State::Payload { size, .. } = self.state else {
@@ -186,12 +219,21 @@ impl Parser {
         }
         let payload = buf.split_to(size).freeze();
         buf.advance(2);
-        let State::Payload { subject, reply, header_len, .. } =
-            std::mem::replace(&mut self.state, State::Line)
+        let State::Payload {
+            subject,
+            reply,
+            header_len,
+            ..
+        } = std::mem::replace(&mut self.state, State::Line)
         else {
             return Ok(None);
         };
-        Ok(Some(ClientOp::Pub(Publish { subject, reply, header_len, payload })))
+        Ok(Some(ClientOp::Pub(Publish {
+            subject,
+            reply,
+            header_len,
+            payload,
+        })))
     }
 
     /// Interprets one control line. Returns `None` after a `PUB`/`HPUB` line, whose operation is
@@ -203,7 +245,10 @@ impl Parser {
             Some(at) => (&line[..at], &line[at..]),
             None => (line, ""),
         };
-        let args: Vec<&str> = rest.split([' ', '\t']).filter(|arg| !arg.is_empty()).collect();
+        let args: Vec<&str> = rest
+            .split([' ', '\t'])
+            .filter(|arg| !arg.is_empty())
+            .collect();
         let owned = |arg: &&str| (*arg).to_owned();
         match name.to_ascii_uppercase().as_str() {
             "PING" => Ok(Some(ClientOp::Ping)),
@@ -214,9 +259,11 @@ impl Parser {
                 Ok(Some(ClientOp::Connect(Box::new(connect))))
             }
             "SUB" => match args.as_slice() {
-                [subject, sid] => {
-                    Ok(Some(ClientOp::Sub { subject: owned(subject), queue: None, sid: owned(sid) }))
-                }
+                [subject, sid] => Ok(Some(ClientOp::Sub {
+                    subject: owned(subject),
+                    queue: None,
+                    sid: owned(sid),
+                })),
                 [subject, queue, sid] => Ok(Some(ClientOp::Sub {
                     subject: owned(subject),
                     queue: Some(owned(queue)),
@@ -225,10 +272,16 @@ impl Parser {
                 _ => Err(ParseError::Arguments("SUB")),
             },
             "UNSUB" => match args.as_slice() {
-                [sid] => Ok(Some(ClientOp::Unsub { sid: owned(sid), max: None })),
+                [sid] => Ok(Some(ClientOp::Unsub {
+                    sid: owned(sid),
+                    max: None,
+                })),
                 [sid, max] => {
                     let max = max.parse().map_err(|_| ParseError::Arguments("UNSUB"))?;
-                    Ok(Some(ClientOp::Unsub { sid: owned(sid), max: Some(max) }))
+                    Ok(Some(ClientOp::Unsub {
+                        sid: owned(sid),
+                        max: Some(max),
+                    }))
                 }
                 _ => Err(ParseError::Arguments("UNSUB")),
             },
@@ -239,7 +292,12 @@ impl Parser {
                     _ => return Err(ParseError::Arguments("PUB")),
                 };
                 let size = self.size(size, "PUB")?;
-                self.state = State::Payload { subject, reply, header_len: None, size };
+                self.state = State::Payload {
+                    subject,
+                    reply,
+                    header_len: None,
+                    size,
+                };
                 Ok(None)
             }
             "HPUB" => {
@@ -251,12 +309,18 @@ impl Parser {
                     _ => return Err(ParseError::Arguments("HPUB")),
                 };
                 let size = self.size(size, "HPUB")?;
-                let header_len: usize =
-                    header_len.parse().map_err(|_| ParseError::Arguments("HPUB"))?;
+                let header_len: usize = header_len
+                    .parse()
+                    .map_err(|_| ParseError::Arguments("HPUB"))?;
                 if header_len > size {
                     return Err(ParseError::Arguments("HPUB"));
                 }
-                self.state = State::Payload { subject, reply, header_len: Some(header_len), size };
+                self.state = State::Payload {
+                    subject,
+                    reply,
+                    header_len: Some(header_len),
+                    size,
+                };
                 Ok(None)
             }
             _ => Err(ParseError::UnknownOperation),
@@ -270,6 +334,31 @@ impl Parser {
         }
         usize::try_from(size).map_err(|_| ParseError::MaxPayload)
     }
+}
+
+const OPERATIONS: [&[u8]; 7] = [
+    b"PUB", b"HPUB", b"SUB", b"UNSUB", b"PING", b"PONG", b"CONNECT",
+];
+
+/// Whether an unfinished control line can still become a known operation, so that garbage is
+/// refused at once instead of after `max_control_line` bytes of it.
+fn plausible_start(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let (name, complete) = match rest.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+        Some(end) => (&rest[..end], true),
+        None => (&rest[..rest.len().min(8)], false),
+    };
+    OPERATIONS.iter().any(|op| {
+        if complete {
+            op.eq_ignore_ascii_case(name)
+        } else {
+            op.len() >= name.len() && op[..name.len()].eq_ignore_ascii_case(name)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -51,15 +51,15 @@ pub fn validate_pattern(subject: &str) -> Result<(), SubjectError> {
     Ok(())
 }
 
-/// Checks a subject a message is published to. Wildcard tokens are refused only when `pedantic`
-/// is set: without it nats-server routes `foo.*` as a literal subject, and so do we.
-pub fn validate_publish(subject: &str, pedantic: bool) -> Result<(), SubjectError> {
+/// Checks a subject a message is published to in pedantic mode: a valid subject without
+/// wildcard tokens. (Without pedantic mode nats-server checks nothing and routes `foo.*` as a
+/// literal subject; the broker does the same.)
+pub fn validate_publish(subject: &str) -> Result<(), SubjectError> {
     validate_pattern(subject).map_err(|err| match err {
-        SubjectError::FullWildcardNotLast if pedantic => SubjectError::Wildcard,
-        SubjectError::FullWildcardNotLast => SubjectError::EmptyToken,
+        SubjectError::FullWildcardNotLast => SubjectError::Wildcard,
         other => other,
     })?;
-    if pedantic && !is_literal(subject) {
+    if !is_literal(subject) {
         return Err(SubjectError::Wildcard);
     }
     Ok(())
@@ -93,6 +93,25 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
             (None, None) => return true,
             (Some(">"), Some(_)) => return pattern_tokens.next().is_none(),
             (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every subject that `sub` can match is also matched by `pattern`: a subscription to
+/// `sub` can then receive nothing that `pattern` would not. Permission checks use this, so that
+/// an allow entry `a.*` does not let a client subscribe to `a.>`.
+pub fn is_subset(sub: &str, pattern: &str) -> bool {
+    let mut sub_tokens = sub.split('.');
+    let mut pattern_tokens = pattern.split('.');
+    loop {
+        match (pattern_tokens.next(), sub_tokens.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) => return pattern_tokens.next().is_none(),
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(_), Some("*")) => return false,
             (Some(p), Some(s)) if p == s => {}
             _ => return false,
         }

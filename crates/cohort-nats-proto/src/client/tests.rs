@@ -27,22 +27,39 @@ fn parse_trickle(input: &[u8]) -> Result<Vec<ClientOp>, ParseError> {
     Ok(ops)
 }
 
-const TRANSCRIPT: &[u8] = b"CONNECT {\"verbose\":true,\"headers\":true,\"echo\":false,\"x\":1}\r\n\
+const TRANSCRIPT: &[u8] =
+    b"CONNECT {\"verbose\":true,\"pedantic\":false,\"headers\":true,\"echo\":false,\"x\":1}\r\n\
 sub foo.* q 1\r\nSUB  bar   2 \r\nUNSUB 1 5\r\nUNSUB 2\r\nPUB foo.a 5\r\nhello\r\n\
 PUB foo.b reply.1 0\r\n\r\nHPUB h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\nPONG\nPING\r\n";
 
 #[test]
 fn transcript() {
     let ops = parse_all(TRANSCRIPT).unwrap();
-    let ClientOp::Connect(connect) = &ops[0] else { panic!("{:?}", ops[0]) };
+    let ClientOp::Connect(connect) = &ops[0] else {
+        panic!("{:?}", ops[0])
+    };
     assert!(connect.verbose && connect.headers && !connect.echo && !connect.pedantic);
     assert_eq!(
         ops[1..],
         [
-            ClientOp::Sub { subject: "foo.*".into(), queue: Some("q".into()), sid: "1".into() },
-            ClientOp::Sub { subject: "bar".into(), queue: None, sid: "2".into() },
-            ClientOp::Unsub { sid: "1".into(), max: Some(5) },
-            ClientOp::Unsub { sid: "2".into(), max: None },
+            ClientOp::Sub {
+                subject: "foo.*".into(),
+                queue: Some("q".into()),
+                sid: "1".into()
+            },
+            ClientOp::Sub {
+                subject: "bar".into(),
+                queue: None,
+                sid: "2".into()
+            },
+            ClientOp::Unsub {
+                sid: "1".into(),
+                max: Some(5)
+            },
+            ClientOp::Unsub {
+                sid: "2".into(),
+                max: None
+            },
             ClientOp::Pub(Publish {
                 subject: "foo.a".into(),
                 reply: None,
@@ -70,10 +87,13 @@ fn transcript() {
 }
 
 #[test]
-fn echo_defaults_to_true() {
+fn omitted_options_default_as_in_nats_server() {
     let ops = parse_all(b"CONNECT {}\r\n").unwrap();
-    let ClientOp::Connect(connect) = &ops[0] else { panic!() };
-    assert!(connect.echo);
+    let ClientOp::Connect(connect) = &ops[0] else {
+        panic!()
+    };
+    assert!(connect.echo && connect.verbose && connect.pedantic);
+    assert!(!connect.headers && !connect.no_responders);
 }
 
 #[track_caller]
@@ -95,9 +115,36 @@ fn errors() {
     check_err(b"UNSUB 1 x\r\n", ParseError::Arguments("UNSUB"));
     check_err(b"PUB foo 99999999\r\n", ParseError::MaxPayload);
     check_err(b"PUB foo 2\r\nhello\r\n", ParseError::PayloadTerminator);
-    check_err(b"PUB foo 5\r\nhi\r\nPING\r\n", ParseError::PayloadTerminator);
+    check_err(
+        b"PUB foo 5\r\nhi\r\nPING\r\n",
+        ParseError::PayloadTerminator,
+    );
     check_err(b"CONNECT {bad\r\n", ParseError::ConnectJson);
     check_err(b"CONNECT [1]\r\n", ParseError::ConnectJson);
+}
+
+#[test]
+fn garbage_is_refused_before_the_line_ends() {
+    let mut parser = Parser::new(4096, 1024);
+    let mut buf = BytesMut::from(&[0xffu8; 10][..]);
+    assert_eq!(parser.parse(&mut buf), Err(ParseError::UnknownOperation));
+    for partial in [
+        &b"CONN"[..],
+        b"conn",
+        b"PU",
+        b"  SUB foo",
+        b"HPUB x 1 2",
+        b"",
+    ] {
+        let mut parser = Parser::new(4096, 1024);
+        let mut buf = BytesMut::from(partial);
+        assert_eq!(parser.parse(&mut buf), Ok(None), "{partial:?}");
+    }
+    let mut buf = BytesMut::from(&b"PUBLISH foo"[..]);
+    assert_eq!(
+        Parser::new(4096, 1024).parse(&mut buf),
+        Err(ParseError::UnknownOperation)
+    );
 }
 
 #[test]

@@ -6,7 +6,9 @@ use proptest::prelude::*;
 
 #[test]
 fn patterns() {
-    for ok in ["foo", "foo.bar", "foo.*", "foo.>", ">", "*", "*.*.>", "foo.b*r", "a.>b", "ü.ß"] {
+    for ok in [
+        "foo", "foo.bar", "foo.*", "foo.>", ">", "*", "*.*.>", "foo.b*r", "a.>b", "ü.ß",
+    ] {
         assert_eq!(validate_pattern(ok), Ok(()), "{ok}");
     }
     for (bad, err) in [
@@ -24,11 +26,11 @@ fn patterns() {
 
 #[test]
 fn publish_subjects() {
-    assert_eq!(validate_publish("foo.*", false), Ok(()));
-    assert_eq!(validate_publish("foo.*", true), Err(SubjectError::Wildcard));
-    assert_eq!(validate_publish("foo.>", true), Err(SubjectError::Wildcard));
-    assert_eq!(validate_publish("foo..x", false), Err(SubjectError::EmptyToken));
-    assert_eq!(validate_publish("a.b", true), Ok(()));
+    assert_eq!(validate_publish("foo.*"), Err(SubjectError::Wildcard));
+    assert_eq!(validate_publish("foo.>"), Err(SubjectError::Wildcard));
+    assert_eq!(validate_publish("foo.>.x"), Err(SubjectError::Wildcard));
+    assert_eq!(validate_publish("foo..x"), Err(SubjectError::EmptyToken));
+    assert_eq!(validate_publish("a.b"), Ok(()));
 }
 
 #[track_caller]
@@ -71,7 +73,11 @@ fn oracle_tokens(pattern: &[&str], subject: &[&str]) -> bool {
 }
 
 fn token() -> impl Strategy<Value = String> {
-    prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c".to_owned())]
+    prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("c".to_owned())
+    ]
 }
 
 fn pattern_token() -> impl Strategy<Value = String> {
@@ -91,5 +97,45 @@ proptest! {
         let subject = subject.join(".");
         let pattern = pattern.join(".");
         prop_assert_eq!(matches(&pattern, &subject), oracle(&pattern, &subject));
+    }
+}
+
+#[test]
+fn subsets() {
+    for (sub, pattern, expect) in [
+        ("a.b", "a.b", true),
+        ("a.b", "a.*", true),
+        ("a.*", "a.*", true),
+        ("a.*", "a.>", true),
+        ("a.>", "a.>", true),
+        ("a.>", "a.*", false),
+        ("a.*", "a.b", false),
+        ("a.b.c", "a.>", true),
+        (">", "a.>", false),
+        ("a", "a.>", false),
+        ("*.b", "*.*", true),
+    ] {
+        assert_eq!(is_subset(sub, pattern), expect, "{sub} within {pattern}");
+    }
+}
+
+proptest! {
+    /// A subset pattern never matches a subject its superset does not.
+    #[test]
+    fn subset_is_sound(
+        sub in prop::collection::vec(pattern_token(), 1..4),
+        pattern in prop::collection::vec(pattern_token(), 1..4),
+        subject in prop::collection::vec(token(), 1..5),
+        sub_tail in any::<bool>(),
+        pattern_tail in any::<bool>(),
+    ) {
+        let mut sub = sub;
+        let mut pattern = pattern;
+        if sub_tail { sub.push(">".to_owned()); }
+        if pattern_tail { pattern.push(">".to_owned()); }
+        let (sub, pattern, subject) = (sub.join("."), pattern.join("."), subject.join("."));
+        if is_subset(&sub, &pattern) && matches(&sub, &subject) {
+            prop_assert!(matches(&pattern, &subject));
+        }
     }
 }
