@@ -53,10 +53,7 @@ impl Auth {
                 })
             })
         };
-        let mut auth = Auth {
-            token: config.token.clone(),
-            ..Auth::default()
-        };
+        let mut auth = Auth { token: config.token.clone(), ..Auth::default() };
         for user in &config.users {
             match (&user.user, &user.password, &user.nkey) {
                 (Some(name), Some(password), _) => {
@@ -102,18 +99,13 @@ impl Auth {
                 .ok()?;
             let key = nkeys::KeyPair::from_public_key(nkey).ok()?;
             key.verify(nonce.as_bytes(), &sig).ok()?;
-            return Some(Identity {
-                name: Some(nkey.clone()),
-                grants: grants.clone(),
-            });
+            return Some(Identity { name: Some(nkey.clone()), grants: grants.clone() });
         }
         let user = connect.user.as_deref()?;
         let (password, grants) = self.passwords.get(user)?;
         let given = connect.pass.as_deref()?;
-        same_secret(password, given).then(|| Identity {
-            name: Some(user.to_owned()),
-            grants: grants.clone(),
-        })
+        same_secret(password, given)
+            .then(|| Identity { name: Some(user.to_owned()), grants: grants.clone() })
     }
 }
 
@@ -163,23 +155,11 @@ mod tests {
 
     #[test]
     fn token() {
-        let auth = Auth::new(Some(&Authorization {
-            token: Some("s3cr3t".into()),
-            users: vec![],
-        }));
+        let auth = Auth::new(Some(&Authorization { token: Some("s3cr3t".into()), users: vec![] }));
         assert!(auth.required() && !auth.wants_nonce());
-        assert!(
-            auth.authenticate(&connect(r#"{"auth_token":"s3cr3t"}"#), None)
-                .is_some()
-        );
-        assert!(
-            auth.authenticate(&connect(r#"{"auth_token":"s3cr3"}"#), None)
-                .is_none()
-        );
-        assert!(
-            auth.authenticate(&connect(r#"{"auth_token":"s3cr3tt"}"#), None)
-                .is_none()
-        );
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3t"}"#), None).is_some());
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3"}"#), None).is_none());
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3tt"}"#), None).is_none());
         assert!(auth.authenticate(&connect("{}"), None).is_none());
     }
 
@@ -190,40 +170,22 @@ mod tests {
         let auth = Auth::new(Some(&Authorization {
             token: None,
             users: vec![
-                User {
-                    user: Some("alice".into()),
-                    password: Some("pw".into()),
-                    ..User::default()
-                },
-                User {
-                    nkey: Some(public.clone()),
-                    ..User::default()
-                },
+                User { user: Some("alice".into()), password: Some("pw".into()), ..User::default() },
+                User { nkey: Some(public.clone()), ..User::default() },
             ],
         }));
         assert!(auth.wants_nonce());
-        let alice = auth
-            .authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), None)
-            .unwrap();
+        let alice = auth.authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), None).unwrap();
         assert_eq!(alice.name.as_deref(), Some("alice"));
-        assert!(
-            auth.authenticate(&connect(r#"{"user":"alice","pass":"x"}"#), None)
-                .is_none()
-        );
-        assert!(
-            auth.authenticate(&connect(r#"{"user":"bob","pass":"pw"}"#), None)
-                .is_none()
-        );
+        assert!(auth.authenticate(&connect(r#"{"user":"alice","pass":"x"}"#), None).is_none());
+        assert!(auth.authenticate(&connect(r#"{"user":"bob","pass":"pw"}"#), None).is_none());
 
         let nonce = "abcdefghijk";
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(seed.sign(nonce.as_bytes()).unwrap());
         let good = connect(&format!(r#"{{"nkey":"{public}","sig":"{sig}"}}"#));
         assert!(auth.authenticate(&good, Some(nonce)).is_some());
-        assert!(
-            auth.authenticate(&good, Some("another-nonce")).is_none(),
-            "replayed signature"
-        );
+        assert!(auth.authenticate(&good, Some("another-nonce")).is_none(), "replayed signature");
         let other = nkeys::KeyPair::new_user();
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(other.sign(nonce.as_bytes()).unwrap());
@@ -234,14 +196,8 @@ mod tests {
     #[test]
     fn permissions_follow_nats_server() {
         let grants = Grants {
-            publish: SubjectRules {
-                allow: vec!["a.>".into()],
-                deny: vec!["a.secret".into()],
-            },
-            subscribe: SubjectRules {
-                allow: vec!["a.*".into()],
-                deny: vec!["a.hidden".into()],
-            },
+            publish: SubjectRules { allow: vec!["a.>".into()], deny: vec!["a.secret".into()] },
+            subscribe: SubjectRules { allow: vec!["a.*".into()], deny: vec!["a.hidden".into()] },
         };
         assert!(grants.may_publish("a.b.c"));
         assert!(!grants.may_publish("a.secret"));

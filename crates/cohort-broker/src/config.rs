@@ -142,10 +142,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -199,10 +196,7 @@ impl Authorization {
     fn validate(&self) -> Result<(), ConfigError> {
         match (&self.token, self.users.is_empty()) {
             (Some(_), false) => {
-                return Err(invalid(
-                    "authorization",
-                    "set either token or users, not both",
-                ));
+                return Err(invalid("authorization", "set either token or users, not both"));
             }
             (None, true) => {
                 return Err(invalid("authorization", "set token or at least one user"));
@@ -295,10 +289,7 @@ mod tests {
         assert_eq!(config.listen.port(), 5222);
         assert_eq!(config.ping_interval, Duration::from_secs(30));
         let auth = config.authorization.unwrap();
-        assert_eq!(
-            auth.users[0].permissions.as_ref().unwrap().publish.allow,
-            ["a.>"]
-        );
+        assert_eq!(auth.users[0].permissions.as_ref().unwrap().publish.allow, ["a.>"]);
     }
 
     #[track_caller]
@@ -316,14 +307,8 @@ mod tests {
             "[authorization]\ntoken = \"x\"\n[[authorization.users]]\nuser=\"a\"\npassword=\"b\"",
             "not both",
         );
-        check_err(
-            "[[authorization.users]]\nuser = \"a\"",
-            "authorization.users[0]",
-        );
-        check_err(
-            "[[authorization.users]]\nnkey = \"SUAB\"",
-            "authorization.users[0].nkey",
-        );
+        check_err("[[authorization.users]]\nuser = \"a\"", "authorization.users[0]");
+        check_err("[[authorization.users]]\nnkey = \"SUAB\"", "authorization.users[0].nkey");
         check_err(
             "[[authorization.users]]\nuser=\"a\"\npassword=\"b\"\npermissions.publish.allow=[\"a..b\"]",
             "authorization.users[0].permissions.publish.allow: \"a..b\": empty token",

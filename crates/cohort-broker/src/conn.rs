@@ -186,11 +186,7 @@ pub(crate) async fn serve(
     let out = Arc::new(Outbound {
         client_id: id,
         max_pending: config.max_pending,
-        queue: Mutex::new(Queue {
-            frames: VecDeque::new(),
-            pending: 0,
-            slow: false,
-        }),
+        queue: Mutex::new(Queue { frames: VecDeque::new(), pending: 0, slow: false }),
         wake: tokio::sync::Notify::new(),
         peer: OnceLock::new(),
     });
@@ -338,10 +334,7 @@ impl Conn {
             (std::mem::take(&mut queue.frames), queue.slow)
         };
         if slow {
-            tracing::info!(
-                client = self.id,
-                "slow consumer: outbound queue full, disconnecting"
-            );
+            tracing::info!(client = self.id, "slow consumer: outbound queue full, disconnecting");
             return false;
         }
         let headers = self.connect.as_ref().is_some_and(|connect| connect.headers);
@@ -445,11 +438,7 @@ impl Conn {
                 self.err("Authorization Violation".to_owned());
                 Some(Stop::Flush)
             }
-            ClientOp::Sub {
-                subject,
-                queue,
-                sid,
-            } => {
+            ClientOp::Sub { subject, queue, sid } => {
                 self.handle_sub(subject, queue, sid);
                 None
             }
@@ -467,20 +456,14 @@ impl Conn {
             self.err("no responders requires headers support".to_owned());
             return Some(Stop::Flush);
         }
-        let Some(identity) = self
-            .shared
-            .auth
-            .authenticate(&connect, self.nonce.as_deref())
-        else {
+        let Some(identity) = self.shared.auth.authenticate(&connect, self.nonce.as_deref()) else {
             self.shared.counters.auth_failures.inc();
             tracing::info!(client = self.id, user = ?connect.user, nkey = ?connect.nkey, "authorization violation");
             self.err("Authorization Violation".to_owned());
             return Some(Stop::Flush);
         };
         tracing::debug!(client = self.id, name = ?connect.name, user = ?identity.name, "connected");
-        let _ = self.out.peer.set(Peer {
-            grants: identity.grants,
-        });
+        let _ = self.out.peer.set(Peer { grants: identity.grants });
         self.connect = Some(connect);
         self.ok();
         None
@@ -564,10 +547,7 @@ impl Conn {
         if let Some(grants) = self.grants()
             && !grants.may_publish(&publish.subject)
         {
-            self.err(format!(
-                "Permissions Violation for Publish to {:?}",
-                publish.subject
-            ));
+            self.err(format!("Permissions Violation for Publish to {:?}", publish.subject));
             return None;
         }
         let counters = &self.shared.counters;
@@ -642,10 +622,7 @@ impl Conn {
         let size = server::msg_header_len(&msg.subject, &sub.sid, msg.reply.as_deref())
             + msg.payload.len()
             + 2;
-        let frame = Frame::Msg {
-            msg: msg.clone(),
-            sid: sub.sid.clone(),
-        };
+        let frame = Frame::Msg { msg: msg.clone(), sid: sub.sid.clone() };
         if !sub.out.push(frame, size, &self.shared) {
             return false;
         }
@@ -680,8 +657,7 @@ impl Conn {
             payload: Bytes::from(headers),
         });
         let size = server::msg_header_len(reply, &sid, None) + status.payload.len() + 2;
-        self.out
-            .push(Frame::Msg { msg: status, sid }, size, &self.shared);
+        self.out.push(Frame::Msg { msg: status, sid }, size, &self.shared);
     }
 
     fn unsubscribe_all(&mut self) {
@@ -706,9 +682,8 @@ fn write_index(
 /// Removes `sub` from the index if it is still there (auto-unsubscribe may have beaten the
 /// connection to it).
 fn remove_sub(shared: &Shared, sub: &Subscription) {
-    let removed = write_index(shared).remove(&sub.subject, sub.queue.as_deref(), |other| {
-        other.id == sub.id
-    });
+    let removed =
+        write_index(shared).remove(&sub.subject, sub.queue.as_deref(), |other| other.id == sub.id);
     if removed.is_some() {
         shared.counters.subscriptions.dec();
     }

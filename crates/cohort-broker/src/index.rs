@@ -66,10 +66,7 @@ pub(crate) struct SubjectIndex<T> {
 
 impl<T> Default for SubjectIndex<T> {
     fn default() -> SubjectIndex<T> {
-        SubjectIndex {
-            root: Node::default(),
-            len: 0,
-        }
+        SubjectIndex { root: Node::default(), len: 0 }
     }
 }
 
@@ -118,10 +115,7 @@ impl<T> SubjectIndex<T> {
 
     /// The subscriptions that receive a message published to `subject`.
     pub(crate) fn matches<'a>(&'a self, subject: &str) -> Matches<'a, T> {
-        let mut out = Matches {
-            plain: Vec::new(),
-            groups: Vec::new(),
-        };
+        let mut out = Matches { plain: Vec::new(), groups: Vec::new() };
         collect(&self.root, subject.split('.'), &mut out);
         out
     }
@@ -155,11 +149,7 @@ fn remove_at<T>(
     };
     match *token {
         "*" | ">" => {
-            let slot = if *token == "*" {
-                &mut node.star
-            } else {
-                &mut node.full
-            };
+            let slot = if *token == "*" { &mut node.star } else { &mut node.full };
             let child = slot.as_deref_mut()?;
             let removed = remove_at(child, rest, queue, is_it);
             if child.is_empty() {

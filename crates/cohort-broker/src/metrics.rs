@@ -68,37 +68,17 @@ impl Counters {
     /// The counters in Prometheus/OpenMetrics text exposition format.
     pub fn prometheus_text(&self) -> String {
         let mut registry = Registry::with_prefix("cohort_broker");
-        registry.register(
-            "connections",
-            "Connections accepted",
-            self.connections_total.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "Connections open now",
-            self.connections.clone(),
-        );
+        registry.register("connections", "Connections accepted", self.connections_total.clone());
+        registry.register("open_connections", "Connections open now", self.connections.clone());
         registry.register(
             "subscriptions",
             "Subscriptions registered now",
             self.subscriptions.clone(),
         );
-        registry.register(
-            "messages_in",
-            "Messages received from clients",
-            self.msgs_in.clone(),
-        );
-        registry.register(
-            "messages_out",
-            "Messages delivered to clients",
-            self.msgs_out.clone(),
-        );
+        registry.register("messages_in", "Messages received from clients", self.msgs_in.clone());
+        registry.register("messages_out", "Messages delivered to clients", self.msgs_out.clone());
         registry.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
-        registry.register(
-            "bytes_out",
-            "Payload bytes delivered",
-            self.bytes_out.clone(),
-        );
+        registry.register("bytes_out", "Payload bytes delivered", self.bytes_out.clone());
         registry.register(
             "slow_consumers",
             "Clients disconnected for not keeping up",
@@ -137,7 +117,5 @@ pub async fn serve_metrics(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

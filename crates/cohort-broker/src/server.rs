@@ -69,17 +69,12 @@ impl Broker {
     pub async fn bind(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
         let metrics_listener = match config.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -89,10 +84,7 @@ impl Broker {
             None => None,
         };
         let server_id = nkeys::KeyPair::new_server().public_key();
-        let server_name = config
-            .server_name
-            .clone()
-            .unwrap_or_else(|| server_id.clone());
+        let server_name = config.server_name.clone().unwrap_or_else(|| server_id.clone());
         let shared = Arc::new(Shared {
             auth: Auth::new(config.authorization.as_ref()),
             config,
@@ -106,11 +98,7 @@ impl Broker {
             open: AtomicUsize::new(0),
             local_addr,
         });
-        Ok(Broker {
-            listener,
-            metrics_listener,
-            shared,
-        })
+        Ok(Broker { listener, metrics_listener, shared })
     }
 
     /// The address clients connect to.
@@ -120,9 +108,7 @@ impl Broker {
 
     /// The address metrics are served on, if configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok())
+        self.metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     /// The broker's live counters.
@@ -132,11 +118,7 @@ impl Broker {
 
     /// Serves clients until `shutdown` completes, then closes every connection gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Broker {
-            listener,
-            metrics_listener,
-            shared,
-        } = self;
+        let Broker { listener, metrics_listener, shared } = self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some(metrics_listener) = metrics_listener {
@@ -183,13 +165,7 @@ impl Broker {
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
         let task = tokio::spawn(self.run(stopped));
-        RunningBroker {
-            addr,
-            metrics_addr,
-            counters,
-            stop,
-            task,
-        }
+        RunningBroker { addr, metrics_addr, counters, stop, task }
     }
 }
 

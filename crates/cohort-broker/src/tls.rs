@@ -17,19 +17,11 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| tls_err(format!("{}: {err}", config.cert.display())))?;
     if certs.is_empty() {
-        return Err(tls_err(format!(
-            "{}: no PEM certificate found",
-            config.cert.display()
-        )));
+        return Err(tls_err(format!("{}: no PEM certificate found", config.cert.display())));
     }
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|err| tls_err(format!("{}: {err}", config.key.display())))?
-        .ok_or_else(|| {
-            tls_err(format!(
-                "{}: no PEM private key found",
-                config.key.display()
-            ))
-        })?;
+        .ok_or_else(|| tls_err(format!("{}: no PEM private key found", config.key.display())))?;
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -38,11 +30,7 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BrokerError> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|err| {
-        tls_err(format!(
-            "{} and {}: {err}",
-            config.cert.display(),
-            config.key.display()
-        ))
+        tls_err(format!("{} and {}: {err}", config.cert.display(), config.key.display()))
     })?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -156,12 +156,7 @@ enum State {
     /// Expecting a control line.
     Line,
     /// A `PUB`/`HPUB` control line was read; waiting for `size` bytes plus `\r\n`.
-    Payload {
-        subject: String,
-        reply: Option<String>,
-        header_len: Option<usize>,
-        size: usize,
-    },
+    Payload { subject: String, reply: Option<String>, header_len: Option<usize>, size: usize },
 }
 
 /// Incremental parser for one connection.
@@ -175,11 +170,7 @@ pub struct Parser {
 impl Parser {
     /// A parser enforcing the given limits (nats-server's defaults are 4096 and 1 MiB).
     pub fn new(max_control_line: usize, max_payload: usize) -> Parser {
-        Parser {
-            max_control_line,
-            max_payload,
-            state: State::Line,
-        }
+        Parser { max_control_line, max_payload, state: State::Line }
     }
 
     /// Consumes at most one operation from the front of `buf`.
@@ -219,21 +210,12 @@ impl Parser {
         }
         let payload = buf.split_to(size).freeze();
         buf.advance(2);
-        let State::Payload {
-            subject,
-            reply,
-            header_len,
-            ..
-        } = std::mem::replace(&mut self.state, State::Line)
+        let State::Payload { subject, reply, header_len, .. } =
+            std::mem::replace(&mut self.state, State::Line)
         else {
             return Ok(None);
         };
-        Ok(Some(ClientOp::Pub(Publish {
-            subject,
-            reply,
-            header_len,
-            payload,
-        })))
+        Ok(Some(ClientOp::Pub(Publish { subject, reply, header_len, payload })))
     }
 
     /// Interprets one control line. Returns `None` after a `PUB`/`HPUB` line, whose operation is
@@ -245,10 +227,7 @@ impl Parser {
             Some(at) => (&line[..at], &line[at..]),
             None => (line, ""),
         };
-        let args: Vec<&str> = rest
-            .split([' ', '\t'])
-            .filter(|arg| !arg.is_empty())
-            .collect();
+        let args: Vec<&str> = rest.split([' ', '\t']).filter(|arg| !arg.is_empty()).collect();
         let owned = |arg: &&str| (*arg).to_owned();
         match name.to_ascii_uppercase().as_str() {
             "PING" => Ok(Some(ClientOp::Ping)),
@@ -272,16 +251,10 @@ impl Parser {
                 _ => Err(ParseError::Arguments("SUB")),
             },
             "UNSUB" => match args.as_slice() {
-                [sid] => Ok(Some(ClientOp::Unsub {
-                    sid: owned(sid),
-                    max: None,
-                })),
+                [sid] => Ok(Some(ClientOp::Unsub { sid: owned(sid), max: None })),
                 [sid, max] => {
                     let max = max.parse().map_err(|_| ParseError::Arguments("UNSUB"))?;
-                    Ok(Some(ClientOp::Unsub {
-                        sid: owned(sid),
-                        max: Some(max),
-                    }))
+                    Ok(Some(ClientOp::Unsub { sid: owned(sid), max: Some(max) }))
                 }
                 _ => Err(ParseError::Arguments("UNSUB")),
             },
@@ -292,12 +265,7 @@ impl Parser {
                     _ => return Err(ParseError::Arguments("PUB")),
                 };
                 let size = self.size(size, "PUB")?;
-                self.state = State::Payload {
-                    subject,
-                    reply,
-                    header_len: None,
-                    size,
-                };
+                self.state = State::Payload { subject, reply, header_len: None, size };
                 Ok(None)
             }
             "HPUB" => {
@@ -309,18 +277,12 @@ impl Parser {
                     _ => return Err(ParseError::Arguments("HPUB")),
                 };
                 let size = self.size(size, "HPUB")?;
-                let header_len: usize = header_len
-                    .parse()
-                    .map_err(|_| ParseError::Arguments("HPUB"))?;
+                let header_len: usize =
+                    header_len.parse().map_err(|_| ParseError::Arguments("HPUB"))?;
                 if header_len > size {
                     return Err(ParseError::Arguments("HPUB"));
                 }
-                self.state = State::Payload {
-                    subject,
-                    reply,
-                    header_len: Some(header_len),
-                    size,
-                };
+                self.state = State::Payload { subject, reply, header_len: Some(header_len), size };
                 Ok(None)
             }
             _ => Err(ParseError::UnknownOperation),
@@ -336,17 +298,12 @@ impl Parser {
     }
 }
 
-const OPERATIONS: [&[u8]; 7] = [
-    b"PUB", b"HPUB", b"SUB", b"UNSUB", b"PING", b"PONG", b"CONNECT",
-];
+const OPERATIONS: [&[u8]; 7] = [b"PUB", b"HPUB", b"SUB", b"UNSUB", b"PING", b"PONG", b"CONNECT"];
 
 /// Whether an unfinished control line can still become a known operation, so that garbage is
 /// refused at once instead of after `max_control_line` bytes of it.
 fn plausible_start(buf: &[u8]) -> bool {
-    let start = buf
-        .iter()
-        .position(|b| *b != b' ' && *b != b'\t')
-        .unwrap_or(buf.len());
+    let start = buf.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(buf.len());
     let rest = &buf[start..];
     let (name, complete) = match rest.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r')) {
         Some(end) => (&rest[..end], true),

@@ -75,11 +75,7 @@ pub fn encode_msg_header(
     out: &mut BytesMut,
 ) {
     let mut itoa = itoa_buf();
-    out.put_slice(if header_len.is_some() {
-        b"HMSG "
-    } else {
-        b"MSG "
-    });
+    out.put_slice(if header_len.is_some() { b"HMSG " } else { b"MSG " });
     out.put_slice(subject.as_bytes());
     out.put_u8(b' ');
     out.put_slice(sid.as_bytes());
@@ -141,14 +137,7 @@ mod tests {
         );
         let big = msg_header_len("foo.bar", "123", Some("reply"));
         let mut out = BytesMut::new();
-        encode_msg_header(
-            "foo.bar",
-            "123",
-            Some("reply"),
-            Some(usize::MAX),
-            usize::MAX,
-            &mut out,
-        );
+        encode_msg_header("foo.bar", "123", Some("reply"), Some(usize::MAX), usize::MAX, &mut out);
         assert!(out.len() <= big, "{} > {big}", out.len());
     }
 
@@ -163,23 +152,12 @@ mod tests {
     #[test]
     fn info_skips_unset_fields() {
         let mut out = BytesMut::new();
-        encode_info(
-            &Info {
-                proto: 1,
-                headers: true,
-                ..Info::default()
-            },
-            &mut out,
-        );
+        encode_info(&Info { proto: 1, headers: true, ..Info::default() }, &mut out);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.starts_with("INFO {") && text.ends_with("}\r\n"));
         assert!(!text.contains("auth_required") && !text.contains("nonce"));
         let mut out = BytesMut::new();
-        let info = Info {
-            auth_required: true,
-            nonce: Some("abc".into()),
-            ..Info::default()
-        };
+        let info = Info { auth_required: true, nonce: Some("abc".into()), ..Info::default() };
         encode_info(&info, &mut out);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.contains("\"auth_required\":true") && text.contains("\"nonce\":\"abc\""));

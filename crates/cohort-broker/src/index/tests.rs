@@ -21,15 +21,9 @@ fn wildcards_and_groups() {
     index.insert("foo.*", Some("q"), 6);
     index.insert("foo.bar.baz", None, 7);
     let found = index.matches("foo.bar");
-    assert_eq!(
-        sorted(found.plain.iter().map(|id| **id).collect()),
-        [1, 2, 3, 4]
-    );
+    assert_eq!(sorted(found.plain.iter().map(|id| **id).collect()), [1, 2, 3, 4]);
     assert_eq!(found.groups.len(), 1, "same-named groups merge");
-    assert_eq!(
-        sorted(found.groups[0].1.iter().map(|id| **id).collect()),
-        [5, 6]
-    );
+    assert_eq!(sorted(found.groups[0].1.iter().map(|id| **id).collect()), [5, 6]);
     assert!(index.matches("bar").groups.is_empty());
     assert_eq!(index.len(), 7);
 }
@@ -41,10 +35,7 @@ fn removal_prunes() {
         index.insert(&format!("_INBOX.abc.{idx}"), None, idx);
     }
     for idx in 0..100 {
-        assert_eq!(
-            index.remove(&format!("_INBOX.abc.{idx}"), None, |v| *v == idx),
-            Some(idx)
-        );
+        assert_eq!(index.remove(&format!("_INBOX.abc.{idx}"), None, |v| *v == idx), Some(idx));
     }
     assert_eq!(index.remove("_INBOX.abc.1", None, |_| true), None);
     assert!(index.root.is_empty(), "{:?}", index.root);
@@ -56,10 +47,7 @@ fn token() -> impl Strategy<Value = String> {
 }
 
 fn pattern() -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(prop_oneof![token(), Just("*".to_owned())], 1..4),
-        any::<bool>(),
-    )
+    (prop::collection::vec(prop_oneof![token(), Just("*".to_owned())], 1..4), any::<bool>())
         .prop_map(|(mut tokens, tail)| {
             if tail {
                 tokens.push(">".to_owned());

@@ -12,10 +12,7 @@ use crate::harness::Raw;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn broker() -> cohort_broker::RunningBroker {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     Broker::bind(config).await.unwrap().spawn()
 }
 
@@ -27,22 +24,12 @@ async fn assert_healthy(
     round: u32,
 ) {
     for idx in 0..10 {
-        client
-            .publish("health", Bytes::from(format!("{round}.{idx}")))
-            .await
-            .unwrap();
+        client.publish("health", Bytes::from(format!("{round}.{idx}"))).await.unwrap();
     }
     client.flush().await.unwrap();
     for idx in 0..10 {
-        let msg = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            msg.payload,
-            Bytes::from(format!("{round}.{idx}")),
-            "on {url}"
-        );
+        let msg = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+        assert_eq!(msg.payload, Bytes::from(format!("{round}.{idx}")), "on {url}");
     }
 }
 
@@ -65,11 +52,7 @@ async fn bad_clients_do_not_disturb_others() {
             b"\x00\x01\x02garbage\r\n".to_vec(),
             "-ERR 'Unknown Protocol Operation'\r\n<EOF>",
         ),
-        (
-            "binary noise",
-            vec![0xff; 300],
-            "-ERR 'Unknown Protocol Operation'\r\n<EOF>",
-        ),
+        ("binary noise", vec![0xff; 300], "-ERR 'Unknown Protocol Operation'\r\n<EOF>"),
         (
             "oversized control line",
             with_connect(&oversized),
@@ -175,10 +158,7 @@ async fn thousands_of_connections_opened_and_dropped() {
             assert!(counters.connections_total >= 2000);
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connections not cleaned up: {counters:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "connections not cleaned up: {counters:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -32,10 +32,7 @@ both!(
 );
 
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("timed out waiting for a message")
-        .unwrap()
+    tokio::time::timeout(WAIT, sub.next()).await.expect("timed out waiting for a message").unwrap()
 }
 
 async fn nothing_more(sub: &mut async_nats::Subscriber) {
@@ -51,15 +48,9 @@ async fn pub_sub_in_order(kind: Kind) {
     client.flush().await.unwrap();
     let other = async_nats::connect(server.url()).await.unwrap();
     for idx in 0..100 {
-        other
-            .publish("orders.new", Bytes::from(format!("order {idx}")))
-            .await
-            .unwrap();
+        other.publish("orders.new", Bytes::from(format!("order {idx}"))).await.unwrap();
     }
-    other
-        .publish("orders.old", Bytes::from_static(b"not for you"))
-        .await
-        .unwrap();
+    other.publish("orders.old", Bytes::from_static(b"not for you")).await.unwrap();
     other.flush().await.unwrap();
     for idx in 0..100 {
         let msg = next(&mut sub).await;
@@ -99,47 +90,23 @@ async fn queue_groups_deliver_once_and_spread(kind: Kind) {
     let first = async_nats::connect(server.url()).await.unwrap();
     let second = async_nats::connect(server.url()).await.unwrap();
     let mut members = vec![
-        first
-            .queue_subscribe("work", "workers".into())
-            .await
-            .unwrap(),
-        first
-            .queue_subscribe("work", "workers".into())
-            .await
-            .unwrap(),
-        second
-            .queue_subscribe("work", "workers".into())
-            .await
-            .unwrap(),
-        second
-            .queue_subscribe("work", "workers".into())
-            .await
-            .unwrap(),
+        first.queue_subscribe("work", "workers".into()).await.unwrap(),
+        first.queue_subscribe("work", "workers".into()).await.unwrap(),
+        second.queue_subscribe("work", "workers".into()).await.unwrap(),
+        second.queue_subscribe("work", "workers".into()).await.unwrap(),
     ];
-    let mut other_group = second
-        .queue_subscribe("work", "auditors".into())
-        .await
-        .unwrap();
+    let mut other_group = second.queue_subscribe("work", "auditors".into()).await.unwrap();
     let mut plain = second.subscribe("work").await.unwrap();
     first.flush().await.unwrap();
     second.flush().await.unwrap();
     let publisher = async_nats::connect(server.url()).await.unwrap();
     for idx in 0..400 {
-        publisher
-            .publish("work", Bytes::from(format!("{idx}")))
-            .await
-            .unwrap();
+        publisher.publish("work", Bytes::from(format!("{idx}"))).await.unwrap();
     }
     publisher.flush().await.unwrap();
     for idx in 0..400 {
-        assert_eq!(
-            next(&mut plain).await.payload,
-            Bytes::from(format!("{idx}"))
-        );
-        assert_eq!(
-            next(&mut other_group).await.payload,
-            Bytes::from(format!("{idx}"))
-        );
+        assert_eq!(next(&mut plain).await.payload, Bytes::from(format!("{idx}")));
+        assert_eq!(next(&mut other_group).await.payload, Bytes::from(format!("{idx}")));
     }
     let mut seen = Vec::new();
     let mut counts = Vec::new();
@@ -148,26 +115,14 @@ async fn queue_groups_deliver_once_and_spread(kind: Kind) {
         while let Ok(Some(msg)) =
             tokio::time::timeout(Duration::from_millis(300), member.next()).await
         {
-            seen.push(
-                String::from_utf8(msg.payload.to_vec())
-                    .unwrap()
-                    .parse::<u32>()
-                    .unwrap(),
-            );
+            seen.push(String::from_utf8(msg.payload.to_vec()).unwrap().parse::<u32>().unwrap());
             count += 1;
         }
         counts.push(count);
     }
     seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (0..400).collect::<Vec<_>>(),
-        "each message to exactly one member"
-    );
-    assert!(
-        counts.iter().all(|count| *count > 20),
-        "spread across members: {counts:?}"
-    );
+    assert_eq!(seen, (0..400).collect::<Vec<_>>(), "each message to exactly one member");
+    assert!(counts.iter().all(|count| *count > 20), "spread across members: {counts:?}");
 }
 
 async fn request_reply(kind: Kind) {
@@ -179,10 +134,7 @@ async fn request_reply(kind: Kind) {
         while let Some(request) = requests.next().await {
             let mut reply = b"echo: ".to_vec();
             reply.extend_from_slice(&request.payload);
-            responder
-                .publish(request.reply.unwrap(), reply.into())
-                .await
-                .unwrap();
+            responder.publish(request.reply.unwrap(), reply.into()).await.unwrap();
         }
     });
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -215,15 +167,9 @@ async fn headers_round_trip(kind: Kind) {
     client.flush().await.unwrap();
     let msg = next(&mut sub).await;
     assert_eq!(msg.payload, Bytes::from_static(b"body"));
-    assert_eq!(
-        msg.reply.as_ref().map(|reply| reply.as_str()),
-        Some("reply.to")
-    );
+    assert_eq!(msg.reply.as_ref().map(|reply| reply.as_str()), Some("reply.to"));
     let got = msg.headers.unwrap();
-    assert_eq!(
-        got.get("Cohort-Request").map(|value| value.as_str()),
-        Some("abc-123")
-    );
+    assert_eq!(got.get("Cohort-Request").map(|value| value.as_str()), Some("abc-123"));
     let multi: Vec<&str> = got.get_all("Multi").map(|value| value.as_str()).collect();
     assert_eq!(multi, ["one", "two"]);
 }
@@ -232,25 +178,15 @@ async fn no_responders_fails_fast(kind: Kind) {
     let server = Server::start(kind, &Setup::default()).await;
     let client = async_nats::connect(server.url()).await.unwrap();
     let started = std::time::Instant::now();
-    let err = client
-        .request("nobody.home", Bytes::new())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.kind(),
-        async_nats::RequestErrorKind::NoResponders,
-        "{err}"
-    );
+    let err = client.request("nobody.home", Bytes::new()).await.unwrap_err();
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders, "{err}");
     // The default request timeout is 10 s: failing well inside it proves the 503 arrived.
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The same status reaches a hand-made inbox used for scatter/gather.
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(format!("{inbox}.*")).await.unwrap();
-    client
-        .publish_with_reply("nobody.home", format!("{inbox}.1"), Bytes::new())
-        .await
-        .unwrap();
+    client.publish_with_reply("nobody.home", format!("{inbox}.1"), Bytes::new()).await.unwrap();
     let status = next(&mut replies).await;
     assert_eq!(status.status, Some(async_nats::StatusCode::NO_RESPONDERS));
     assert!(status.payload.is_empty());
@@ -263,62 +199,37 @@ async fn unsubscribe_after_max(kind: Kind) {
     sub.unsubscribe_after(3).await.unwrap();
     client.flush().await.unwrap();
     for idx in 0..6 {
-        client
-            .publish("count", Bytes::from(format!("{idx}")))
-            .await
-            .unwrap();
+        client.publish("count", Bytes::from(format!("{idx}"))).await.unwrap();
     }
     client.flush().await.unwrap();
     for idx in 0..3 {
         assert_eq!(next(&mut sub).await.payload, Bytes::from(format!("{idx}")));
     }
     let end = tokio::time::timeout(WAIT, sub.next()).await.unwrap();
-    assert!(
-        end.is_none(),
-        "subscription ends after its maximum: {end:?}"
-    );
+    assert!(end.is_none(), "subscription ends after its maximum: {end:?}");
 }
 
 async fn max_payload_enforced(kind: Kind) {
-    let setup = Setup {
-        max_payload: Some(1024),
-        ..Setup::default()
-    };
+    let setup = Setup { max_payload: Some(1024), ..Setup::default() };
     let server = Server::start(kind, &setup).await;
     let client = async_nats::connect(server.url()).await.unwrap();
     assert_eq!(client.server_info().max_payload, 1024);
-    let err = client
-        .publish("big", Bytes::from(vec![b'x'; 2000]))
-        .await
-        .unwrap_err();
+    let err = client.publish("big", Bytes::from(vec![b'x'; 2000])).await.unwrap_err();
     assert_eq!(err.kind(), async_nats::PublishErrorKind::MaxPayloadExceeded);
     // A client that ignores INFO is refused by the server itself.
     let mut raw = Raw::connect(server.addr()).await;
-    let out = raw
-        .transcript(b"CONNECT {\"verbose\":false}\r\nPUB big 2000\r\n", WAIT)
-        .await;
+    let out = raw.transcript(b"CONNECT {\"verbose\":false}\r\nPUB big 2000\r\n", WAIT).await;
     assert_eq!(out, "-ERR 'Maximum Payload Violation'\r\n<EOF>");
 }
 
 async fn token_auth(kind: Kind) {
-    let setup = Setup {
-        token: Some("s3cr3t".into()),
-        ..Setup::default()
-    };
+    let setup = Setup { token: Some("s3cr3t".into()), ..Setup::default() };
     let server = Server::start(kind, &setup).await;
-    let client = ConnectOptions::with_token("s3cr3t".into())
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = ConnectOptions::with_token("s3cr3t".into()).connect(server.url()).await.unwrap();
     assert!(client.server_info().auth_required);
     client.publish("ok", Bytes::new()).await.unwrap();
     client.flush().await.unwrap();
-    assert!(
-        ConnectOptions::with_token("wrong".into())
-            .connect(server.url())
-            .await
-            .is_err()
-    );
+    assert!(ConnectOptions::with_token("wrong".into()).connect(server.url()).await.is_err());
     assert!(async_nats::connect(server.url()).await.is_err());
 }
 
@@ -343,27 +254,16 @@ async fn user_password_auth(kind: Kind) {
 async fn nkey_auth(kind: Kind) {
     let user = nkeys::KeyPair::new_user();
     let setup = Setup {
-        users: vec![TestUser {
-            nkey: Some(user.public_key()),
-            ..TestUser::default()
-        }],
+        users: vec![TestUser { nkey: Some(user.public_key()), ..TestUser::default() }],
         ..Setup::default()
     };
     let server = Server::start(kind, &setup).await;
     let seed = user.seed().unwrap();
-    let client = ConnectOptions::with_nkey(seed)
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = ConnectOptions::with_nkey(seed).connect(server.url()).await.unwrap();
     client.publish("signed.in", Bytes::new()).await.unwrap();
     client.flush().await.unwrap();
     let stranger = nkeys::KeyPair::new_user().seed().unwrap();
-    assert!(
-        ConnectOptions::with_nkey(stranger)
-            .connect(server.url())
-            .await
-            .is_err()
-    );
+    assert!(ConnectOptions::with_nkey(stranger).connect(server.url()).await.is_err());
 }
 
 async fn permissions_enforced(kind: Kind) {
@@ -409,39 +309,22 @@ async fn permissions_enforced(kind: Kind) {
     let mut wide = alice.subscribe("a.>").await.unwrap();
     let _denied = alice.subscribe("b.x").await.unwrap();
     alice.flush().await.unwrap();
-    let violation = tokio::time::timeout(WAIT, errors.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let violation = tokio::time::timeout(WAIT, errors.recv()).await.unwrap().unwrap();
     assert!(
-        violation
-            .to_lowercase()
-            .contains("permissions violation for subscription to \"b.x\""),
+        violation.to_lowercase().contains("permissions violation for subscription to \"b.x\""),
         "{violation}"
     );
 
-    alice
-        .publish("a.secret", Bytes::from_static(b"1"))
-        .await
-        .unwrap();
-    alice
-        .publish("b.c", Bytes::from_static(b"2"))
-        .await
-        .unwrap();
-    alice
-        .publish("a.fine", Bytes::from_static(b"3"))
-        .await
-        .unwrap();
+    alice.publish("a.secret", Bytes::from_static(b"1")).await.unwrap();
+    alice.publish("b.c", Bytes::from_static(b"2")).await.unwrap();
+    alice.publish("a.fine", Bytes::from_static(b"3")).await.unwrap();
     alice.flush().await.unwrap();
     for subject in ["a.secret", "b.c"] {
-        let violation = tokio::time::timeout(WAIT, errors.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let violation = tokio::time::timeout(WAIT, errors.recv()).await.unwrap().unwrap();
         assert!(
-            violation.to_lowercase().contains(&format!(
-                "permissions violation for publish to \"{subject}\""
-            )),
+            violation
+                .to_lowercase()
+                .contains(&format!("permissions violation for publish to \"{subject}\"")),
             "{violation}"
         );
     }
@@ -449,12 +332,8 @@ async fn permissions_enforced(kind: Kind) {
     nothing_more(&mut watch).await;
 
     // A denied subject does not reach alice through her wildcard subscription.
-    root.publish("a.hidden", Bytes::from_static(b"no"))
-        .await
-        .unwrap();
-    root.publish("a.visible", Bytes::from_static(b"yes"))
-        .await
-        .unwrap();
+    root.publish("a.hidden", Bytes::from_static(b"no")).await.unwrap();
+    root.publish("a.visible", Bytes::from_static(b"yes")).await.unwrap();
     root.flush().await.unwrap();
     assert_eq!(next(&mut wide).await.subject.as_str(), "a.fine");
     assert_eq!(next(&mut wide).await.subject.as_str(), "a.visible");
@@ -463,10 +342,7 @@ async fn permissions_enforced(kind: Kind) {
 
 async fn tls_listener(kind: Kind) {
     let tls = TestTls::generate();
-    let setup = Setup {
-        tls: Some(tls.clone()),
-        ..Setup::default()
-    };
+    let setup = Setup { tls: Some(tls.clone()), ..Setup::default() };
     let server = Server::start(kind, &setup).await;
     let client = ConnectOptions::new()
         .require_tls(true)
@@ -476,15 +352,9 @@ async fn tls_listener(kind: Kind) {
         .unwrap();
     assert!(client.server_info().tls_required);
     let mut sub = client.subscribe("secure").await.unwrap();
-    client
-        .publish("secure", Bytes::from_static(b"over tls"))
-        .await
-        .unwrap();
+    client.publish("secure", Bytes::from_static(b"over tls")).await.unwrap();
     client.flush().await.unwrap();
-    assert_eq!(
-        next(&mut sub).await.payload,
-        Bytes::from_static(b"over tls")
-    );
+    assert_eq!(next(&mut sub).await.payload, Bytes::from_static(b"over tls"));
     // A client that does not trust the certificate is refused.
     let untrusting = ConnectOptions::new()
         .require_tls(true)
@@ -517,19 +387,13 @@ async fn reconnect_after_restart(kind: Kind) {
     let other = async_nats::connect(server.url()).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        other
-            .publish("survives", Bytes::from_static(b"again"))
-            .await
-            .unwrap();
+        other.publish("survives", Bytes::from_static(b"again")).await.unwrap();
         other.flush().await.unwrap();
         if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
             assert_eq!(msg.payload, Bytes::from_static(b"again"));
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscription not restored"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "subscription not restored");
     }
 }
 
@@ -561,10 +425,7 @@ async fn thousand_subscribers_all_receive(kind: Kind) {
     assert_eq!(subs.len(), 1000);
     let publisher = async_nats::connect(server.url()).await.unwrap();
     for idx in 0..3 {
-        publisher
-            .publish("fleet.all", Bytes::from(format!("{idx}")))
-            .await
-            .unwrap();
+        publisher.publish("fleet.all", Bytes::from(format!("{idx}"))).await.unwrap();
     }
     publisher.flush().await.unwrap();
     for sub in &mut subs {
@@ -576,31 +437,18 @@ async fn thousand_subscribers_all_receive(kind: Kind) {
 
 async fn echo_off(kind: Kind) {
     let server = Server::start(kind, &Setup::default()).await;
-    let quiet = ConnectOptions::new()
-        .no_echo()
-        .connect(server.url())
-        .await
-        .unwrap();
+    let quiet = ConnectOptions::new().no_echo().connect(server.url()).await.unwrap();
     let mut own = quiet.subscribe("chat").await.unwrap();
     quiet.flush().await.unwrap();
     let listener = async_nats::connect(server.url()).await.unwrap();
     let mut theirs = listener.subscribe("chat").await.unwrap();
     listener.flush().await.unwrap();
-    quiet
-        .publish("chat", Bytes::from_static(b"mine"))
-        .await
-        .unwrap();
+    quiet.publish("chat", Bytes::from_static(b"mine")).await.unwrap();
     quiet.flush().await.unwrap();
-    listener
-        .publish("chat", Bytes::from_static(b"yours"))
-        .await
-        .unwrap();
+    listener.publish("chat", Bytes::from_static(b"yours")).await.unwrap();
     listener.flush().await.unwrap();
     assert_eq!(next(&mut theirs).await.payload, Bytes::from_static(b"mine"));
-    assert_eq!(
-        next(&mut theirs).await.payload,
-        Bytes::from_static(b"yours")
-    );
+    assert_eq!(next(&mut theirs).await.payload, Bytes::from_static(b"yours"));
     assert_eq!(next(&mut own).await.payload, Bytes::from_static(b"yours"));
     nothing_more(&mut own).await;
 }
@@ -642,8 +490,5 @@ async fn raw_protocol_transcripts(kind: Kind) {
     long.extend_from_slice(b"PUB ");
     long.extend(std::iter::repeat_n(b'a', 5000));
     let mut raw = Raw::connect(server.addr()).await;
-    assert_eq!(
-        raw.transcript(&long, WAIT).await,
-        "-ERR 'maximum control line exceeded'\r\n<EOF>"
-    );
+    assert_eq!(raw.transcript(&long, WAIT).await, "-ERR 'maximum control line exceeded'\r\n<EOF>");
 }

@@ -51,9 +51,7 @@ impl TestTls {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "cohort test CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cohort test CA");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
@@ -136,18 +134,12 @@ impl Server {
 }
 
 fn cohort_config(setup: &Setup) -> Config {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     if let Some(max_payload) = setup.max_payload {
         config.max_payload = max_payload;
     }
     if let Some(tls) = &setup.tls {
-        config.tls = Some(TlsConfig {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-        });
+        config.tls = Some(TlsConfig { cert: tls.cert.clone(), key: tls.key.clone() });
     }
     if setup.token.is_some() || !setup.users.is_empty() {
         config.authorization = Some(Authorization {
@@ -249,10 +241,7 @@ impl Raw {
             stream.read_exact(&mut byte).await.unwrap();
             info.push(byte[0]);
         }
-        Raw {
-            stream,
-            info: String::from_utf8(info).unwrap(),
-        }
+        Raw { stream, info: String::from_utf8(info).unwrap() }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -13,10 +13,7 @@ use crate::harness::Raw;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn broker_with(change: impl FnOnce(&mut Config)) -> cohort_broker::RunningBroker {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     change(&mut config);
     Broker::bind(config).await.unwrap().spawn()
 }
@@ -31,9 +28,7 @@ async fn slow_consumer_is_disconnected_and_others_keep_up() {
     .await;
     // Subscribes, then never reads: its socket buffers fill, then its queue.
     let mut stuck = Raw::connect(broker.addr()).await;
-    stuck
-        .send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\nPING\r\n")
-        .await;
+    stuck.send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\nPING\r\n").await;
     assert_eq!(stuck.read_until("PONG\r\n", WAIT).await, "PONG\r\n");
 
     let reader = async_nats::connect(broker.url()).await.unwrap();
@@ -44,10 +39,7 @@ async fn slow_consumer_is_disconnected_and_others_keep_up() {
     let total = 2000; // 64 MiB in all: far beyond what the stuck client's buffers can hold.
     let receive = tokio::spawn(async move {
         for _ in 0..total {
-            let msg = tokio::time::timeout(WAIT, sub.next())
-                .await
-                .unwrap()
-                .unwrap();
+            let msg = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
             assert_eq!(msg.payload.len(), 32 * 1024);
         }
     });
@@ -91,12 +83,7 @@ async fn stale_connection_is_dropped_after_unanswered_pings() {
         lively.send(b"PONG\r\n").await;
     }
     lively.send(b"PING\r\n").await;
-    assert!(
-        lively
-            .read_until("PONG\r\n", WAIT)
-            .await
-            .ends_with("PONG\r\n")
-    );
+    assert!(lively.read_until("PONG\r\n", WAIT).await.ends_with("PONG\r\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,10 +107,7 @@ async fn connection_cap() {
     }
     let mut refused = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
     let mut out = String::new();
-    tokio::time::timeout(WAIT, refused.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(WAIT, refused.read_to_string(&mut out)).await.unwrap().unwrap();
     assert_eq!(out, "-ERR 'maximum connections exceeded'\r\n");
     drop(kept.pop());
     // Once one leaves, a newcomer fits again.
@@ -143,15 +127,9 @@ async fn counters_and_prometheus_metrics() {
     let broker = broker_with(|config| config.metrics = Some("127.0.0.1:0".parse().unwrap())).await;
     let client = async_nats::connect(broker.url()).await.unwrap();
     let mut sub = client.subscribe("m").await.unwrap();
-    client
-        .publish("m", Bytes::from_static(b"12345"))
-        .await
-        .unwrap();
+    client.publish("m", Bytes::from_static(b"12345")).await.unwrap();
     client.flush().await.unwrap();
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
     let counters = broker.counters().snapshot();
     assert_eq!((counters.msgs_in, counters.bytes_in), (1, 5));
     assert_eq!((counters.msgs_out, counters.bytes_out), (1, 5));
@@ -166,10 +144,7 @@ async fn counters_and_prometheus_metrics() {
     .await
     .unwrap();
     let mut text = String::new();
-    tokio::time::timeout(WAIT, http.read_to_string(&mut text))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(WAIT, http.read_to_string(&mut text)).await.unwrap().unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for line in [
         "cohort_broker_messages_in_total 1",
@@ -186,21 +161,15 @@ async fn counters_and_prometheus_metrics() {
 async fn shutdown_delivers_what_was_queued_then_closes() {
     let broker = broker_with(|_| {}).await;
     let mut raw = Raw::connect(broker.addr()).await;
-    raw.send(b"CONNECT {\"verbose\":false}\r\nSUB last 1\r\nPING\r\n")
-        .await;
+    raw.send(b"CONNECT {\"verbose\":false}\r\nSUB last 1\r\nPING\r\n").await;
     assert_eq!(raw.read_until("PONG\r\n", WAIT).await, "PONG\r\n");
     // PONG after the PUB proves the broker has routed it before being told to stop.
     let mut publisher = Raw::connect(broker.addr()).await;
-    publisher
-        .send(b"CONNECT {\"verbose\":false}\r\nPUB last 3\r\nbye\r\nPING\r\n")
-        .await;
+    publisher.send(b"CONNECT {\"verbose\":false}\r\nPUB last 3\r\nbye\r\nPING\r\n").await;
     assert_eq!(publisher.read_until("PONG\r\n", WAIT).await, "PONG\r\n");
     let addr = broker.addr();
     broker.shutdown().await;
     let out = raw.read_until("<EOF>", WAIT).await;
     assert_eq!(out, "MSG last 1 3\r\nbye\r\n<EOF>");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
 }

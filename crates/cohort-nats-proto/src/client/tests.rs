@@ -35,31 +35,15 @@ PUB foo.b reply.1 0\r\n\r\nHPUB h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\nPONG\nP
 #[test]
 fn transcript() {
     let ops = parse_all(TRANSCRIPT).unwrap();
-    let ClientOp::Connect(connect) = &ops[0] else {
-        panic!("{:?}", ops[0])
-    };
+    let ClientOp::Connect(connect) = &ops[0] else { panic!("{:?}", ops[0]) };
     assert!(connect.verbose && connect.headers && !connect.echo && !connect.pedantic);
     assert_eq!(
         ops[1..],
         [
-            ClientOp::Sub {
-                subject: "foo.*".into(),
-                queue: Some("q".into()),
-                sid: "1".into()
-            },
-            ClientOp::Sub {
-                subject: "bar".into(),
-                queue: None,
-                sid: "2".into()
-            },
-            ClientOp::Unsub {
-                sid: "1".into(),
-                max: Some(5)
-            },
-            ClientOp::Unsub {
-                sid: "2".into(),
-                max: None
-            },
+            ClientOp::Sub { subject: "foo.*".into(), queue: Some("q".into()), sid: "1".into() },
+            ClientOp::Sub { subject: "bar".into(), queue: None, sid: "2".into() },
+            ClientOp::Unsub { sid: "1".into(), max: Some(5) },
+            ClientOp::Unsub { sid: "2".into(), max: None },
             ClientOp::Pub(Publish {
                 subject: "foo.a".into(),
                 reply: None,
@@ -89,9 +73,7 @@ fn transcript() {
 #[test]
 fn omitted_options_default_as_in_nats_server() {
     let ops = parse_all(b"CONNECT {}\r\n").unwrap();
-    let ClientOp::Connect(connect) = &ops[0] else {
-        panic!()
-    };
+    let ClientOp::Connect(connect) = &ops[0] else { panic!() };
     assert!(connect.echo && connect.verbose && connect.pedantic);
     assert!(!connect.headers && !connect.no_responders);
 }
@@ -115,10 +97,7 @@ fn errors() {
     check_err(b"UNSUB 1 x\r\n", ParseError::Arguments("UNSUB"));
     check_err(b"PUB foo 99999999\r\n", ParseError::MaxPayload);
     check_err(b"PUB foo 2\r\nhello\r\n", ParseError::PayloadTerminator);
-    check_err(
-        b"PUB foo 5\r\nhi\r\nPING\r\n",
-        ParseError::PayloadTerminator,
-    );
+    check_err(b"PUB foo 5\r\nhi\r\nPING\r\n", ParseError::PayloadTerminator);
     check_err(b"CONNECT {bad\r\n", ParseError::ConnectJson);
     check_err(b"CONNECT [1]\r\n", ParseError::ConnectJson);
 }
@@ -128,23 +107,13 @@ fn garbage_is_refused_before_the_line_ends() {
     let mut parser = Parser::new(4096, 1024);
     let mut buf = BytesMut::from(&[0xffu8; 10][..]);
     assert_eq!(parser.parse(&mut buf), Err(ParseError::UnknownOperation));
-    for partial in [
-        &b"CONN"[..],
-        b"conn",
-        b"PU",
-        b"  SUB foo",
-        b"HPUB x 1 2",
-        b"",
-    ] {
+    for partial in [&b"CONN"[..], b"conn", b"PU", b"  SUB foo", b"HPUB x 1 2", b""] {
         let mut parser = Parser::new(4096, 1024);
         let mut buf = BytesMut::from(partial);
         assert_eq!(parser.parse(&mut buf), Ok(None), "{partial:?}");
     }
     let mut buf = BytesMut::from(&b"PUBLISH foo"[..]);
-    assert_eq!(
-        Parser::new(4096, 1024).parse(&mut buf),
-        Err(ParseError::UnknownOperation)
-    );
+    assert_eq!(Parser::new(4096, 1024).parse(&mut buf), Err(ParseError::UnknownOperation));
 }
 
 #[test]

@@ -6,9 +6,7 @@ use proptest::prelude::*;
 
 #[test]
 fn patterns() {
-    for ok in [
-        "foo", "foo.bar", "foo.*", "foo.>", ">", "*", "*.*.>", "foo.b*r", "a.>b", "ü.ß",
-    ] {
+    for ok in ["foo", "foo.bar", "foo.*", "foo.>", ">", "*", "*.*.>", "foo.b*r", "a.>b", "ü.ß"] {
         assert_eq!(validate_pattern(ok), Ok(()), "{ok}");
     }
     for (bad, err) in [
@@ -73,11 +71,7 @@ fn oracle_tokens(pattern: &[&str], subject: &[&str]) -> bool {
 }
 
 fn token() -> impl Strategy<Value = String> {
-    prop_oneof![
-        Just("a".to_owned()),
-        Just("b".to_owned()),
-        Just("c".to_owned())
-    ]
+    prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c".to_owned())]
 }
 
 fn pattern_token() -> impl Strategy<Value = String> {

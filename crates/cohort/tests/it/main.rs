@@ -1,0 +1,6 @@
+//! End-to-end tests of the `cohort` binary, run as a subprocess the way users run it.
+
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod broker;
+mod process;

@@ -1,0 +1,63 @@
+//! Running the `cohort` binary as a child process, and stopping it by its PID.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn cohort() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+    command.env("NO_COLOR", "1").stdin(Stdio::null());
+    command
+}
+
+/// A running `cohort` child whose stderr goes to a file, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub stderr: tempfile::NamedTempFile,
+}
+
+impl Daemon {
+    pub fn spawn(mut command: Command) -> Daemon {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = command.stdout(Stdio::null()).stderr(stderr.reopen().unwrap()).spawn().unwrap();
+        Daemon { child, stderr }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Sends a signal by PID with the `kill` utility.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
