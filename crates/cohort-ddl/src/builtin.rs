@@ -1,0 +1,27 @@
+//! DDLs of the agents compiled into Cohort, embedded so clients and nodes share one copy.
+
+use crate::AgentDdl;
+
+/// `rpcutil`: general information about a node and its daemon.
+pub const RPCUTIL: &str = include_str!("../ddl/rpcutil.json");
+
+/// Every built-in DDL, parsed. Each is checked by a test, so parsing cannot fail at run time.
+pub fn all() -> Vec<AgentDdl> {
+    [RPCUTIL].iter().filter_map(|text| AgentDdl::from_json(text).ok()).collect()
+}
+
+/// The built-in DDL of `agent`, if there is one.
+pub fn find(agent: &str) -> Option<AgentDdl> {
+    all().into_iter().find(|ddl| ddl.metadata.name == agent)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtin_ddls_parse() {
+        for text in [super::RPCUTIL] {
+            crate::AgentDdl::from_json(text).unwrap();
+        }
+        assert!(super::find("rpcutil").is_some());
+    }
+}
