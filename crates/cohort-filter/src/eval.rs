@@ -85,7 +85,7 @@ fn expr_matches(expr: &Expr, node: &Node<'_>) -> bool {
 
 /// The fact at `path`: a key as written first (fact files may use dotted keys), then a walk
 /// through nested objects (and arrays, by index).
-pub(crate) fn lookup<'a>(facts: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub fn lookup<'a>(facts: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     if let Some(value) = facts.get(path) {
         return Some(value);
     }

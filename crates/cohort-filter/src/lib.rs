@@ -13,7 +13,7 @@ mod eval;
 mod parse;
 
 pub use compound::parse_compound;
-pub use eval::{Node, matches, validate};
+pub use eval::{Node, lookup, matches, validate};
 pub use parse::{FilterArgs, parse_fact, parse_with};
 
 /// A filter that cannot be used, with what was typed and why.

@@ -1,0 +1,152 @@
+//! Daemon configuration: the TOML file (`/etc/cohort/daemon.toml` by default) and its checks.
+//! Command-line flags override file values; the binary applies them before [`Config::validate`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cohort_proto::{Collective, Identity};
+use serde::{Deserialize, Deserializer};
+
+/// Everything a node can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The node's name; default: the host's FQDN.
+    pub identity: Option<Identity>,
+    /// Broker URLs (our broker, or a nats-server cluster); tried in turn.
+    pub brokers: Vec<String>,
+    /// Collectives, the first being the main one.
+    pub collectives: Vec<Collective>,
+    /// Fact files (YAML, JSON or `key=value` lines), merged in order, later wins.
+    pub facts: Vec<PathBuf>,
+    /// Classes file, one class per line (Puppet's `classes.txt`).
+    pub classes: Option<PathBuf>,
+    /// Directory of external agents, one sub-directory per agent.
+    pub agents_dir: Option<PathBuf>,
+    /// Seconds between registration messages; 0 turns registration off.
+    #[serde(deserialize_with = "duration")]
+    pub registration_interval: Duration,
+    /// Actions running at once; further requests wait.
+    pub max_concurrent_actions: usize,
+    /// How often fact and class files are checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub facts_refresh: Duration,
+    /// Largest reply an external agent may write, in bytes.
+    pub max_agent_output: usize,
+    /// How far a request's time may be ahead of the node's clock.
+    #[serde(deserialize_with = "duration")]
+    pub clock_skew: Duration,
+    /// How long shutdown waits for running actions.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            identity: None,
+            brokers: vec!["nats://127.0.0.1:4222".to_owned()],
+            collectives: vec![
+                Collective::new("cohort").unwrap_or_else(|_| unreachable!("valid literal")),
+            ],
+            facts: Vec::new(),
+            classes: None,
+            agents_dir: None,
+            registration_interval: Duration::from_secs(300),
+            max_concurrent_actions: 32,
+            facts_refresh: Duration::from_secs(1),
+            max_agent_output: 1024 * 1024,
+            clock_skew: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not valid TOML, or a key of the wrong name or type.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key at fault.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|err| serde::de::Error::custom(format!("invalid duration {text:?}: {err}")))
+}
+
+impl Config {
+    /// Parses a TOML document (validation happens after flags are applied).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks values the types do not constrain.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        if self.brokers.is_empty() {
+            return invalid("brokers", "at least one broker URL is needed");
+        }
+        for url in &self.brokers {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "brokers",
+                    message: format!("{url:?} is not a broker URL"),
+                });
+            }
+        }
+        if self.collectives.is_empty() {
+            return invalid("collectives", "at least one collective is needed");
+        }
+        if self.max_concurrent_actions == 0 {
+            return invalid("max_concurrent_actions", "must be at least 1");
+        }
+        if self.facts_refresh.is_zero() {
+            return invalid("facts_refresh", "must be longer than zero");
+        }
+        if self.max_agent_output < 1024 {
+            return invalid("max_agent_output", "must be at least 1024 bytes");
+        }
+        Ok(())
+    }
+
+    /// The main collective.
+    pub fn main_collective(&self) -> Option<&Collective> {
+        self.collectives.first()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_bad_keys() {
+        let config = Config::from_toml(
+            "identity = \"web1.example.com\"\nbrokers = [\"nats://a:4222\", \"nats://b:4222\"]\n\
+             collectives = [\"cohort\", \"eu\"]\nregistration_interval = \"30s\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.collectives.len(), 2);
+        assert_eq!(config.registration_interval, Duration::from_secs(30));
+        let err = Config::from_toml("identiy = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("identiy"), "{err}");
+        let err = Config::from_toml("identity = \"bad name\"").unwrap_err().to_string();
+        assert!(err.contains("invalid identity"), "{err}");
+        let err = Config::from_toml("collectives = [\"a.b\"]").unwrap_err().to_string();
+        assert!(err.contains("invalid collective"), "{err}");
+        let config = Config { brokers: vec!["::bad::".into()], ..Config::default() };
+        assert!(config.validate().unwrap_err().to_string().starts_with("brokers:"));
+    }
+}

@@ -1,0 +1,367 @@
+//! Facts and classes: the core facts the daemon gathers itself, fact files (YAML, JSON or
+//! `key=value` lines) merged over them, and the classes file.
+//!
+//! Fact files are re-read when they change (see [`FactSource::refresh`]); a file that fails to
+//! parse is reported and the last good facts stay in force, so a half-written file never leaves
+//! a node with no facts.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+/// Facts and classes of a node at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// Fact values by name (structured facts are nested objects).
+    pub facts: Map<String, Value>,
+    /// Classes.
+    pub classes: Vec<String>,
+}
+
+/// A fact or class file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FactsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses one fact file by its extension: `.yaml`/`.yml`, `.json`, anything else as
+/// `key=value` lines (`#` comments and blank lines skipped).
+pub fn parse_fact_file(path: &Path, text: &str) -> Result<Map<String, Value>, FactsError> {
+    let fail = |message: String| FactsError { path: path.to_owned(), message };
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let value: Value = match extension {
+        "yaml" | "yml" => {
+            if text.trim().is_empty() {
+                Value::Object(Map::new())
+            } else {
+                serde_saphyr::from_str(text).map_err(|err| fail(err.to_string()))?
+            }
+        }
+        "json" => serde_json::from_str(text).map_err(|err| fail(err.to_string()))?,
+        _ => {
+            let mut map = Map::new();
+            for (idx, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((key, value)) = line.split_once('=') else {
+                    return Err(fail(format!(
+                        "line {}: expected key=value, got {line:?}",
+                        idx + 1
+                    )));
+                };
+                let key = key.trim();
+                if key.is_empty() {
+                    return Err(fail(format!("line {}: empty fact name", idx + 1)));
+                }
+                map.insert(key.to_owned(), Value::String(value.trim().to_owned()));
+            }
+            Value::Object(map)
+        }
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        other => Err(fail(format!("facts must be a map of names to values, not {}", kind(&other)))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// Parses a classes file: one class per line, blank lines and `#` comments skipped.
+pub fn parse_classes(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Core facts gathered from the running system (Linux).
+pub fn core_facts() -> Map<String, Value> {
+    let mut facts = Map::new();
+    let uname = nix::sys::utsname::uname().ok();
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default();
+    let fqdn = fqdn(&hostname);
+    let domain = fqdn.split_once('.').map(|(_, domain)| domain.to_owned()).unwrap_or_default();
+    facts.insert("hostname".into(), Value::from(hostname.split('.').next().unwrap_or_default()));
+    facts.insert("fqdn".into(), Value::from(fqdn.clone()));
+    facts.insert("domain".into(), Value::from(domain));
+    if let Some(uname) = &uname {
+        facts.insert("kernel".into(), Value::from(uname.sysname().to_string_lossy().into_owned()));
+        facts.insert(
+            "kernelrelease".into(),
+            Value::from(uname.release().to_string_lossy().into_owned()),
+        );
+        facts.insert(
+            "architecture".into(),
+            Value::from(uname.machine().to_string_lossy().into_owned()),
+        );
+    }
+    facts.insert(
+        "os".into(),
+        os_facts(&std::fs::read_to_string("/etc/os-release").unwrap_or_default()),
+    );
+    let processors = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    facts.insert("processors".into(), serde_json::json!({ "count": processors }));
+    if let Some(total) =
+        meminfo_total(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default())
+    {
+        facts.insert("memory".into(), serde_json::json!({ "total_bytes": total }));
+    }
+    if let Some(uptime) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+    {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        facts.insert("uptime_seconds".into(), Value::from(uptime as u64));
+    }
+    facts.insert("networking".into(), networking());
+    facts.insert("cohort_version".into(), Value::from(env!("CARGO_PKG_VERSION")));
+    facts
+}
+
+/// The host's fully qualified name, as facter finds it: the canonical name of the hostname.
+fn fqdn(hostname: &str) -> String {
+    if hostname.contains('.') {
+        return hostname.to_owned();
+    }
+    let hints = dns_lookup::AddrInfoHints {
+        flags: libc_ai_canonname(),
+        ..dns_lookup::AddrInfoHints::default()
+    };
+    dns_lookup::getaddrinfo(Some(hostname), None, Some(hints))
+        .ok()
+        .and_then(|mut infos| infos.find_map(|info| info.ok().and_then(|info| info.canonname)))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| hostname.to_owned())
+}
+
+/// `AI_CANONNAME` (2 on Linux).
+fn libc_ai_canonname() -> i32 {
+    2
+}
+
+/// `os` facts from `/etc/os-release`.
+pub fn os_facts(os_release: &str) -> Value {
+    let mut fields = std::collections::BTreeMap::new();
+    for line in os_release.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            fields.insert(key.trim(), value.trim().trim_matches('"'));
+        }
+    }
+    let id = fields.get("ID").copied().unwrap_or("linux");
+    let like = fields.get("ID_LIKE").copied().unwrap_or_default();
+    let family = if id == "debian" || like.contains("debian") {
+        "Debian"
+    } else if ["rhel", "fedora", "centos"].iter().any(|name| id == *name || like.contains(name)) {
+        "RedHat"
+    } else if id.contains("suse") || like.contains("suse") {
+        "Suse"
+    } else {
+        "Linux"
+    };
+    let full = fields.get("VERSION_ID").copied().unwrap_or_default();
+    let mut parts = full.split('.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    serde_json::json!({
+        "family": family,
+        "name": fields.get("NAME").copied().unwrap_or(id),
+        "id": id,
+        "release": { "full": full, "major": major, "minor": minor },
+    })
+}
+
+fn meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn networking() -> Value {
+    let mut addresses = Vec::new();
+    let mut interfaces = Map::new();
+    if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
+        for ifaddr in ifaddrs {
+            let Some(address) = ifaddr.address else { continue };
+            let ip = if let Some(v4) = address.as_sockaddr_in() {
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = address.as_sockaddr_in6() {
+                std::net::IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            let entry = interfaces
+                .entry(ifaddr.interface_name.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = entry {
+                list.push(Value::from(ip.to_string()));
+            }
+            if !ip.is_loopback() {
+                addresses.push(Value::from(ip.to_string()));
+            }
+        }
+    }
+    let primary =
+        addresses.iter().find(|ip| ip.as_str().is_some_and(|ip| !ip.contains(':'))).cloned();
+    serde_json::json!({ "ip": primary, "addresses": addresses, "interfaces": interfaces })
+}
+
+/// Where a node's facts come from: core facts, then fact files in order, then a classes file;
+/// remembers file modification times to notice changes.
+#[derive(Debug)]
+pub struct FactSource {
+    core: Map<String, Value>,
+    files: Vec<PathBuf>,
+    classes: Option<PathBuf>,
+    seen: Vec<Option<(SystemTime, u64)>>,
+    current: Facts,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl FactSource {
+    /// A source with the given core facts and files; call [`FactSource::refresh`] to load.
+    pub fn new(
+        core: Map<String, Value>,
+        files: Vec<PathBuf>,
+        classes: Option<PathBuf>,
+    ) -> FactSource {
+        FactSource { core, files, classes, seen: Vec::new(), current: Facts::default() }
+    }
+
+    /// The facts in force.
+    pub fn current(&self) -> &Facts {
+        &self.current
+    }
+
+    /// Re-reads the files if any changed since the last look. Returns the errors met (each
+    /// naming its file); on error the previous facts stay in force. `Ok(true)` when the facts
+    /// changed.
+    pub fn refresh(&mut self) -> Result<bool, Vec<FactsError>> {
+        let stamps: Vec<Option<(SystemTime, u64)>> =
+            self.files.iter().chain(self.classes.iter()).map(|path| stamp(path)).collect();
+        if !self.seen.is_empty() && stamps == self.seen {
+            return Ok(false);
+        }
+        let mut errors = Vec::new();
+        let mut facts = self.core.clone();
+        for path in &self.files {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match parse_fact_file(path, &text) {
+                    Ok(map) => facts.extend(map),
+                    Err(err) => errors.push(err),
+                },
+                Err(err) => {
+                    errors.push(FactsError { path: path.clone(), message: err.to_string() })
+                }
+            }
+        }
+        let classes = match &self.classes {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => parse_classes(&text),
+                Err(err) => {
+                    errors.push(FactsError { path: path.clone(), message: err.to_string() });
+                    self.current.classes.clone()
+                }
+            },
+            None => Vec::new(),
+        };
+        self.seen = stamps;
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let next = Facts { facts, classes };
+        let changed = next != self.current;
+        self.current = next;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_formats() {
+        let yaml = parse_fact_file(
+            Path::new("f.yaml"),
+            "country: uk\nos:\n  release:\n    major: \"12\"\ncpus: 4\n",
+        )
+        .unwrap();
+        assert_eq!(yaml["os"]["release"]["major"], "12");
+        assert_eq!(yaml["cpus"], 4);
+        let json = parse_fact_file(Path::new("f.json"), r#"{"country": "fr"}"#).unwrap();
+        assert_eq!(json["country"], "fr");
+        let txt = parse_fact_file(Path::new("facts.txt"), "# comment\n\ncountry = de\nmotd=a=b\n")
+            .unwrap();
+        assert_eq!(txt["country"], "de");
+        assert_eq!(txt["motd"], "a=b");
+        let err = parse_fact_file(Path::new("facts.txt"), "country\n").unwrap_err().to_string();
+        assert_eq!(err, "facts.txt: line 1: expected key=value, got \"country\"");
+        let err = parse_fact_file(Path::new("f.yaml"), "- a\n- b\n").unwrap_err().to_string();
+        assert!(err.contains("must be a map"), "{err}");
+        assert!(parse_fact_file(Path::new("f.json"), "{").is_err());
+        assert_eq!(parse_classes("role::web\n\n# x\n  base  \n"), ["role::web", "base"]);
+    }
+
+    #[test]
+    fn os_release() {
+        let os = os_facts("ID=debian\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\n");
+        assert_eq!(os["family"], "Debian");
+        assert_eq!(os["release"]["major"], "12");
+        let os = os_facts("ID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\nVERSION_ID=\"9.3\"\n");
+        assert_eq!(os["family"], "RedHat");
+        assert_eq!(os["release"]["minor"], "3");
+    }
+
+    #[test]
+    fn refresh_merges_and_keeps_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("a.yaml");
+        let second = dir.path().join("b.json");
+        let classes = dir.path().join("classes.txt");
+        std::fs::write(&first, "country: uk\nrole: web\n").unwrap();
+        std::fs::write(&second, r#"{"role": "db"}"#).unwrap();
+        std::fs::write(&classes, "base\n").unwrap();
+        let mut core = Map::new();
+        core.insert("country".into(), "xx".into());
+        core.insert("kernel".into(), "Linux".into());
+        let mut source = FactSource::new(core, vec![first.clone(), second], Some(classes));
+        assert!(source.refresh().unwrap());
+        assert_eq!(source.current().facts["country"], "uk");
+        assert_eq!(source.current().facts["role"], "db", "later file wins");
+        assert_eq!(source.current().facts["kernel"], "Linux");
+        assert_eq!(source.current().classes, ["base"]);
+        assert!(!source.refresh().unwrap(), "unchanged files are not re-read");
+        std::fs::write(&first, "country: [broken\n").unwrap();
+        let errors = source.refresh().unwrap_err();
+        assert!(errors[0].to_string().starts_with(&first.display().to_string()));
+        assert_eq!(source.current().facts["country"], "uk", "last good facts stay");
+        std::fs::write(&first, "country: fr\n").unwrap();
+        assert!(source.refresh().unwrap());
+        assert_eq!(source.current().facts["country"], "fr");
+    }
+}

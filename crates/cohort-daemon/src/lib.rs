@@ -1,0 +1,20 @@
+//! The node daemon as a library: what `cohort daemon` runs, and what `cohort demo` and the fleet
+//! simulator run many times in one process.
+//!
+//! A node receives requests from the bus, and for each one runs the pipeline in [`pipeline`]:
+//! decode → verify → TTL → filter → agent and action lookup → DDL validation → dispatch (with
+//! the DDL timeout) → reply. Partial failure is data: an agent that fails, crashes or hangs
+//! produces a reply with a status code, never a daemon failure. [`run`] owns the bus side:
+//! subscriptions, bounded concurrency, registration, reloads and graceful shutdown.
+
+pub mod agent;
+pub mod config;
+pub mod external;
+pub mod facts;
+pub mod pipeline;
+pub mod rpcutil;
+pub mod run;
+pub mod stats;
+
+pub use config::{Config, ConfigError};
+pub use pipeline::NodeState;

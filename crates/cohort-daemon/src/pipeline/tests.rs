@@ -1,0 +1,173 @@
+//! The pipeline without a bus: request bytes in, decision out.
+
+use super::*;
+use crate::agent::CallFuture;
+use cohort_ddl::AgentDdl;
+use cohort_proto::{Filter, RequestId, RpcBody};
+
+/// An agent whose `echo` action returns its input and whose `hang` action never finishes.
+struct Fake {
+    ddl: Arc<AgentDdl>,
+}
+
+impl Agent for Fake {
+    fn ddl(&self) -> &Arc<AgentDdl> {
+        &self.ddl
+    }
+
+    fn call<'a>(&'a self, _ctx: &'a Context, request: ActionRequest) -> CallFuture<'a> {
+        Box::pin(async move {
+            match request.action.as_str() {
+                "echo" => Outcome::ok(request.data),
+                "hang" => {
+                    std::future::pending::<()>().await;
+                    Outcome::ok(Map::new())
+                }
+                _ => Outcome::fail(StatusCode::Aborted, "refused"),
+            }
+        })
+    }
+}
+
+fn node() -> NodeState {
+    let fake = AgentDdl::from_json(
+        r#"{"metadata": {"name": "fake", "description": "", "timeout": 0.2},
+            "actions": [
+              {"action": "echo", "input": {"msg": {"type": "string", "optional": false, "validation": "^[a-z]+$"}},
+               "output": {"msg": {"display_as": "Message"}, "extra": {"display_as": "Extra", "default": "none"}}},
+              {"action": "hang"},
+              {"action": "refuse"},
+              {"action": "missing_impl"}
+            ]}"#,
+    )
+    .unwrap();
+    let agents: Vec<Arc<dyn Agent>> = vec![
+        Arc::new(crate::rpcutil::Rpcutil::new().unwrap()),
+        Arc::new(Fake { ddl: Arc::new(fake) }),
+    ];
+    let mut facts = Map::new();
+    facts.insert("country".into(), "uk".into());
+    NodeState::new(
+        Identity::new("node1").unwrap(),
+        vec![Collective::new("cohort").unwrap(), Collective::new("eu").unwrap()],
+        Facts { facts, classes: vec!["role::web".into()] },
+        agents,
+        None,
+        Map::new(),
+        Duration::from_secs(30),
+    )
+}
+
+fn request(agent: &str, action: &str, data: &str, filter: Filter, time: SystemTime) -> Vec<u8> {
+    Request {
+        protocol: PROTOCOL.into(),
+        version: VERSION,
+        id: RequestId::from_random([7; 16]),
+        sender: "ops".into(),
+        caller: "user=test".into(),
+        collective: Collective::new("cohort").unwrap(),
+        agent: AgentName::new(agent).unwrap(),
+        time: now_ms(time),
+        ttl: 60,
+        filter,
+        body: RpcBody {
+            action: action.into(),
+            data: serde_json::from_str(data).unwrap(),
+            process_results: true,
+        },
+    }
+    .to_bytes()
+}
+
+async fn reply(node: &NodeState, bytes: &[u8]) -> Reply {
+    match node.handle(bytes, SystemTime::now()).await {
+        Handled::Reply(reply) => *reply,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_status_code() {
+    let node = node();
+    let now = SystemTime::now();
+    let ok =
+        reply(&node, &request("fake", "echo", r#"{"msg": "hi"}"#, Filter::default(), now)).await;
+    assert_eq!(
+        (ok.status, ok.data["msg"].as_str(), ok.data["extra"].as_str()),
+        (StatusCode::Ok, Some("hi"), Some("none"))
+    );
+    let aborted = reply(&node, &request("fake", "refuse", "{}", Filter::default(), now)).await;
+    assert_eq!(aborted.status, StatusCode::Aborted);
+    let unknown = reply(&node, &request("fake", "nope", "{}", Filter::default(), now)).await;
+    assert_eq!(
+        (unknown.status, unknown.status_message.as_str()),
+        (StatusCode::UnknownAction, "Unknown action 'nope' for agent 'fake'")
+    );
+    let missing = reply(&node, &request("fake", "echo", "{}", Filter::default(), now)).await;
+    assert_eq!(missing.status, StatusCode::MissingData);
+    let invalid =
+        reply(&node, &request("fake", "echo", r#"{"msg": "HI"}"#, Filter::default(), now)).await;
+    assert_eq!(invalid.status, StatusCode::InvalidData);
+    assert!(invalid.status_message.contains("should match"), "{}", invalid.status_message);
+    let hung = reply(&node, &request("fake", "hang", "{}", Filter::default(), now)).await;
+    assert_eq!(hung.status, StatusCode::UnknownError);
+    assert!(hung.status_message.contains("timed out"));
+    let no_agent = reply(&node, &request("nrpe", "runcommand", "{}", Filter::default(), now)).await;
+    assert_eq!(no_agent.status, StatusCode::UnknownAction);
+}
+
+#[tokio::test]
+async fn discovery_filters_and_expiry() {
+    let node = node();
+    let now = SystemTime::now();
+    let pong = reply(&node, &request("discovery", "ping", "{}", Filter::default(), now)).await;
+    assert_eq!(pong.data["pong"], true);
+    let other_country = Filter {
+        fact: vec![cohort_filter::parse_fact("country=fr").unwrap()],
+        ..Filter::default()
+    };
+    assert!(matches!(
+        node.handle(&request("discovery", "ping", "{}", other_country, now), now).await,
+        Handled::Ignored("filtered")
+    ));
+    let old = now - Duration::from_secs(61);
+    assert!(matches!(
+        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), old), now).await,
+        Handled::Ignored("expired")
+    ));
+    let future = now + Duration::from_secs(120);
+    assert!(matches!(
+        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), future), now).await,
+        Handled::Ignored("expired")
+    ));
+    assert!(matches!(node.handle(b"{not json", now).await, Handled::Ignored("undecodable")));
+    assert_eq!(Stats::get(&node.stats.total), 5);
+    assert_eq!(Stats::get(&node.stats.ttl_expired), 2);
+    assert_eq!(Stats::get(&node.stats.filtered), 1);
+    assert_eq!(Stats::get(&node.stats.invalid), 1);
+}
+
+#[tokio::test]
+async fn rpcutil_actions() {
+    let node = node();
+    let now = SystemTime::now();
+    let fact = reply(
+        &node,
+        &request("rpcutil", "get_fact", r#"{"fact": "country"}"#, Filter::default(), now),
+    )
+    .await;
+    assert_eq!(fact.data["value"], "uk");
+    let inventory =
+        reply(&node, &request("rpcutil", "inventory", "{}", Filter::default(), now)).await;
+    assert_eq!(inventory.data["classes"][0], "role::web");
+    assert_eq!(inventory.data["collectives"], serde_json::json!(["cohort", "eu"]));
+    let stats =
+        reply(&node, &request("rpcutil", "daemon_stats", "{}", Filter::default(), now)).await;
+    assert_eq!(stats.data["total"], 3);
+    let item = reply(
+        &node,
+        &request("rpcutil", "get_config_item", r#"{"item": "nope"}"#, Filter::default(), now),
+    )
+    .await;
+    assert_eq!(item.status, StatusCode::Aborted);
+}

@@ -1,0 +1,142 @@
+//! The built-in `rpcutil` agent: ping, inventory, facts, daemon statistics, agent metadata,
+//! collective membership and configuration items.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cohort_ddl::AgentDdl;
+use cohort_proto::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::agent::{ActionRequest, Agent, CallFuture, Context, Outcome};
+use crate::stats::Stats;
+
+/// The `rpcutil` agent.
+#[derive(Debug)]
+pub struct Rpcutil {
+    ddl: Arc<AgentDdl>,
+}
+
+impl Rpcutil {
+    /// The agent with its embedded DDL.
+    pub fn new() -> Option<Rpcutil> {
+        Some(Rpcutil { ddl: Arc::new(cohort_ddl::builtin::find("rpcutil")?) })
+    }
+}
+
+fn secs(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn fact_value(facts: &Map<String, Value>, path: &str) -> Value {
+    cohort_filter::lookup(facts, path).cloned().unwrap_or(Value::Null)
+}
+
+impl Agent for Rpcutil {
+    fn ddl(&self) -> &Arc<AgentDdl> {
+        &self.ddl
+    }
+
+    fn call<'a>(&'a self, ctx: &'a Context, request: ActionRequest) -> CallFuture<'a> {
+        Box::pin(async move { action(ctx, &request) })
+    }
+}
+
+fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
+    let agent_names: Vec<Value> =
+        ctx.agents.iter().map(|ddl| Value::from(ddl.metadata.name.clone())).collect();
+    let collectives: Vec<Value> = ctx.collectives.iter().map(|c| Value::from(c.as_str())).collect();
+    let main = ctx.collectives.first().map(|c| c.as_str().to_owned()).unwrap_or_default();
+    let data = match request.action.as_str() {
+        "ping" => json!({ "pong": secs(SystemTime::now()) }),
+        "inventory" => json!({
+            "agents": agent_names,
+            "facts": ctx.facts.facts,
+            "classes": ctx.facts.classes,
+            "version": env!("CARGO_PKG_VERSION"),
+            "main_collective": main,
+            "collectives": collectives,
+            "data_plugins": [],
+        }),
+        "get_fact" => {
+            let fact = request.data.get("fact").and_then(Value::as_str).unwrap_or_default();
+            json!({ "fact": fact, "value": fact_value(&ctx.facts.facts, fact) })
+        }
+        "get_facts" => {
+            let names = request.data.get("facts").and_then(Value::as_str).unwrap_or_default();
+            let values: Map<String, Value> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(|name| (name.to_owned(), fact_value(&ctx.facts.facts, name)))
+                .collect();
+            json!({ "values": values })
+        }
+        "daemon_stats" => {
+            let stats = &ctx.stats;
+            json!({
+                "agents": agent_names,
+                "pid": std::process::id(),
+                "configfile": ctx.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "starttime": secs(ctx.started),
+                "total": Stats::get(&stats.total),
+                "passed": Stats::get(&stats.passed),
+                "filtered": Stats::get(&stats.filtered),
+                "ttlexpired": Stats::get(&stats.ttl_expired),
+                "invalid": Stats::get(&stats.invalid),
+                "replies": Stats::get(&stats.replies),
+            })
+        }
+        "agent_inventory" => {
+            let agents: Vec<Value> = ctx
+                .agents
+                .iter()
+                .map(|ddl| {
+                    let meta = &ddl.metadata;
+                    let or_unknown = |text: &str| {
+                        if text.is_empty() { "unknown".to_owned() } else { text.to_owned() }
+                    };
+                    json!({
+                        "agent": meta.name,
+                        "name": meta.name,
+                        "description": or_unknown(&meta.description),
+                        "author": or_unknown(&meta.author),
+                        "license": or_unknown(&meta.license),
+                        "version": or_unknown(&meta.version),
+                        "url": or_unknown(&meta.url),
+                        "timeout": meta.timeout,
+                    })
+                })
+                .collect();
+            json!({ "agents": agents })
+        }
+        "collective_info" => json!({ "main_collective": main, "collectives": collectives }),
+        "get_config_item" => {
+            let item = request.data.get("item").and_then(Value::as_str).unwrap_or_default();
+            match ctx.config_items.get(item) {
+                Some(value) => json!({ "item": item, "value": value }),
+                None => {
+                    return Outcome::fail(
+                        StatusCode::Aborted,
+                        format!("Unknown config property {item}"),
+                    );
+                }
+            }
+        }
+        other => {
+            return Outcome::fail(
+                StatusCode::UnknownAction,
+                format!("Unknown action '{other}' for agent 'rpcutil'"),
+            );
+        }
+    };
+    Outcome::ok(object(data))
+}

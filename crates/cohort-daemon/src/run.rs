@@ -1,0 +1,232 @@
+//! The node on the bus: connecting, subscribing, running the pipeline with bounded
+//! concurrency, publishing replies and registrations, reloading facts and agents, and shutting
+//! down gracefully.
+//!
+//! Subscriptions, per collective: `C.broadcast.agent.<agent>` for every hosted agent and for
+//! `discovery`, and `C.node.<identity>`. Requests beyond `max_concurrent_actions` wait for a
+//! slot without being read off the subscription, so memory stays bounded by async-nats' own
+//! subscription buffer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cohort_proto::{
+    PROTOCOL, Registration, VERSION, broadcast_subject, node_subject, now_ms, registration_subject,
+};
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::agent::Agent;
+use crate::external::{self, LoadError};
+use crate::facts::FactSource;
+use crate::pipeline::{Handled, NodeState};
+
+/// Agents compiled into Cohort: the one list of them.
+pub fn builtin_agents() -> Vec<Arc<dyn Agent>> {
+    let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
+    if let Some(rpcutil) = crate::rpcutil::Rpcutil::new() {
+        agents.push(Arc::new(rpcutil));
+    }
+    agents
+}
+
+/// Built-in agents plus the external agents in `agents_dir`. An external agent with a
+/// built-in's name is refused, so nobody can replace `rpcutil` by dropping a directory.
+pub fn load_agents(
+    agents_dir: Option<&std::path::Path>,
+    max_output: usize,
+) -> (Vec<Arc<dyn Agent>>, Vec<LoadError>) {
+    let mut agents = builtin_agents();
+    let mut errors = Vec::new();
+    if let Some(dir) = agents_dir {
+        let (found, failed) = external::scan(dir, max_output);
+        errors.extend(failed);
+        for agent in found {
+            let name = agent.ddl().metadata.name.clone();
+            if agents.iter().any(|have| have.ddl().metadata.name == name) {
+                errors.push(LoadError {
+                    path: dir.join(&name),
+                    message: format!("agent {name} is built in"),
+                });
+            } else {
+                agents.push(Arc::new(agent));
+            }
+        }
+    }
+    (agents, errors)
+}
+
+/// How the bus loop behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Seconds between registrations; zero for none.
+    pub registration_interval: Duration,
+    /// Actions running at once.
+    pub max_concurrent_actions: usize,
+    /// How often fact files are checked.
+    pub facts_refresh: Duration,
+    /// External agents directory, rescanned on reload.
+    pub agents_dir: Option<PathBuf>,
+    /// External agent output cap.
+    pub max_agent_output: usize,
+    /// How long shutdown waits for running actions.
+    pub shutdown_grace: Duration,
+}
+
+/// Something the outside world tells a running node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Rescan agents and re-read facts (SIGHUP).
+    Reload,
+    /// Stop gracefully (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// Connects to the first reachable broker of `urls`, retrying forever in the background when
+/// none is up yet, and reconnecting with jittered exponential backoff when the connection drops.
+pub async fn connect(
+    urls: &[String],
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers: Vec<async_nats::ServerAddr> =
+        urls.iter().filter_map(|url| url.parse().ok()).collect();
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(|attempts| {
+            let base = Duration::from_millis(100)
+                .saturating_mul(1 << attempts.min(7))
+                .min(Duration::from_secs(10));
+            base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+        })
+        .connect(servers)
+        .await
+}
+
+async fn subscribe(
+    client: &async_nats::Client,
+    state: &NodeState,
+) -> Result<Vec<async_nats::Subscriber>, async_nats::SubscribeError> {
+    let mut subs = Vec::new();
+    for collective in &state.collectives {
+        for agent in state.agent_names() {
+            subs.push(client.subscribe(broadcast_subject(collective, &agent)).await?);
+        }
+        subs.push(client.subscribe(node_subject(collective, &state.identity)).await?);
+    }
+    Ok(subs)
+}
+
+/// Runs `state` on the bus until a [`Signal::Shutdown`] arrives or `signals` ends.
+pub async fn run(
+    state: Arc<NodeState>,
+    client: async_nats::Client,
+    options: RunOptions,
+    mut facts: Option<FactSource>,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut incoming = futures::stream::select_all(subscribe(&client, &state).await?);
+    let slots = Arc::new(Semaphore::new(options.max_concurrent_actions));
+    let mut facts_tick = tokio::time::interval(options.facts_refresh);
+    facts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Registration starts after a random splay so a fleet restarted together does not
+    // register in one burst.
+    let registration = !options.registration_interval.is_zero();
+    let interval =
+        if registration { options.registration_interval } else { Duration::from_secs(3600) };
+    let splay = interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    let mut register_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + splay.min(Duration::from_secs(30)),
+        interval,
+    );
+    tracing::info!(node = %state.identity, agents = ?state.agent_names(), "node serving");
+    loop {
+        tokio::select! {
+            message = incoming.next() => {
+                let Some(message) = message else {
+                    tracing::warn!("subscriptions closed; stopping");
+                    break;
+                };
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                let state = state.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let handled = state.handle(&message.payload, SystemTime::now()).await;
+                    if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply) {
+                        if let Err(err) = client.publish(subject, reply.to_bytes().into()).await {
+                            tracing::warn!("cannot publish reply: {err}");
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            signal = signals.recv() => match signal {
+                Some(Signal::Reload) => {
+                    let (agents, errors) = load_agents(options.agents_dir.as_deref(), options.max_agent_output);
+                    for error in errors {
+                        tracing::error!("agent not loaded: {error}");
+                    }
+                    state.set_agents(agents);
+                    match subscribe(&client, &state).await {
+                        Ok(subs) => incoming = futures::stream::select_all(subs),
+                        Err(err) => tracing::error!("resubscribing after reload failed: {err}"),
+                    }
+                    refresh_facts(&state, facts.as_mut());
+                    tracing::info!(agents = ?state.agent_names(), "reloaded");
+                }
+                Some(Signal::Shutdown) | None => break,
+            },
+            _ = facts_tick.tick() => refresh_facts(&state, facts.as_mut()),
+            _ = register_tick.tick(), if registration => {
+                register(&client, &state).await;
+            }
+        }
+    }
+    drop(incoming);
+    // Let running actions finish and their replies go out, within the grace period.
+    let all = u32::try_from(options.max_concurrent_actions).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.shutdown_grace, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!("actions still running after {:?}; stopping anyway", options.shutdown_grace);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    tracing::info!(node = %state.identity, "node stopped");
+    Ok(())
+}
+
+fn refresh_facts(state: &NodeState, facts: Option<&mut FactSource>) {
+    let Some(source) = facts else { return };
+    match source.refresh() {
+        Ok(true) => {
+            state.set_facts(source.current().clone());
+            tracing::info!("facts reloaded");
+        }
+        Ok(false) => {}
+        Err(errors) => {
+            for error in errors {
+                tracing::error!("facts not reloaded, keeping the previous ones: {error}");
+            }
+        }
+    }
+}
+
+async fn register(client: &async_nats::Client, state: &NodeState) {
+    let Some(main) = state.collectives.first() else { return };
+    let facts = state.facts();
+    let registration = Registration {
+        protocol: PROTOCOL.to_owned(),
+        version: VERSION,
+        identity: state.identity.clone(),
+        collectives: state.collectives.clone(),
+        agents: state.agent_names(),
+        facts: facts.facts.clone(),
+        classes: facts.classes.clone(),
+        time: now_ms(SystemTime::now()),
+    };
+    if let Err(err) =
+        client.publish(registration_subject(main), registration.to_bytes().into()).await
+    {
+        tracing::warn!("registration not sent: {err}");
+    }
+}
