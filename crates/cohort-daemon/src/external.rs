@@ -201,7 +201,10 @@ impl ExternalAgent {
         let exit = match status {
             Ok(status) => status,
             Err(err) => {
-                return Outcome::fail(StatusCode::UnknownError, format!("waiting for agent: {err}"));
+                return Outcome::fail(
+                    StatusCode::UnknownError,
+                    format!("waiting for agent: {err}"),
+                );
             }
         };
         parse_reply(&out, exit, &stderr_tail)
@@ -264,7 +267,10 @@ fn parse_reply(out: &[u8], exit: std::process::ExitStatus, stderr_tail: &str) ->
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(data)) => data,
         Some(_) => {
-            return Outcome::fail(StatusCode::UnknownError, "agent reply data is not a JSON object");
+            return Outcome::fail(
+                StatusCode::UnknownError,
+                "agent reply data is not a JSON object",
+            );
         }
     };
     if !exit.success() && status == StatusCode::Ok {

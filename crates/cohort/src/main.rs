@@ -1,8 +1,15 @@
 //! The `cohort` command: one binary with a subcommand for every role. This file only parses
-//! flags, sets up logging and hands over to the library crates; each subcommand lives in its
-//! own module.
+//! flags, sets up logging and hands over to one module per subcommand, which in turn call the
+//! library crates.
 
 mod broker;
+mod daemon;
+mod demo;
+mod find;
+mod options;
+mod output;
+mod ping;
+mod rpc;
 
 use std::process::ExitCode;
 
@@ -20,6 +27,44 @@ struct Cli {
 enum Command {
     /// Run the embedded NATS-protocol broker.
     Broker(broker::BrokerArgs),
+    /// Run a node: serve requests for its agents.
+    Daemon(daemon::DaemonArgs),
+    /// Ping every matching node and print round-trip times.
+    Ping(ping::PingArgs),
+    /// List the identities of the matching nodes.
+    Find(find::FindArgs),
+    /// Call an agent's action on every matching node.
+    Rpc(rpc::RpcArgs),
+    /// Start a broker and a simulated fleet in this process and tour the commands.
+    Demo(demo::DemoArgs),
+}
+
+/// Client commands, shared by `main` and the demo tour.
+#[derive(Debug, Clone, Subcommand)]
+enum ClientCommand {
+    /// Ping.
+    Ping(ping::PingArgs),
+    /// Find.
+    Find(find::FindArgs),
+    /// Rpc.
+    Rpc(rpc::RpcArgs),
+}
+
+async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::Result<ExitCode> {
+    match command {
+        ClientCommand::Ping(args) => ping::run(args, io).await,
+        ClientCommand::Find(args) => find::run(args, io).await,
+        ClientCommand::Rpc(args) => rpc::run(args, io).await,
+    }
+}
+
+fn client_runtime(command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
+    output::Io::with_std(|io| runtime.block_on(run_client(command, io)))
 }
 
 fn main() -> ExitCode {
@@ -30,6 +75,11 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Broker(args) => broker::run(args),
+        Command::Daemon(args) => daemon::run(args),
+        Command::Ping(args) => client_runtime(ClientCommand::Ping(args)),
+        Command::Find(args) => client_runtime(ClientCommand::Find(args)),
+        Command::Rpc(args) => client_runtime(ClientCommand::Rpc(args)),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,
@@ -40,10 +90,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `COHORT_LOG` (default `info`).
+/// Logs go to stderr, filtered by `COHORT_LOG` (default `info` for daemons, `warn` otherwise).
 fn init_logging() {
+    let default = if std::env::args().nth(1).is_some_and(|c| c == "broker" || c == "daemon") {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -52,4 +107,12 @@ fn init_logging() {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -1,0 +1,441 @@
+//! The operator side of Cohort: discover nodes, send a request, collect the replies, and
+//! account exactly for who answered, who did not, and who answered unexpectedly.
+//!
+//! **API boundary** for tools: this crate never prints, never exits and never reads terminal
+//! state; progress is reported through callbacks, and one node failing is a reply with a status
+//! code in the result, never an `Err` of the whole call. `Err` means the call itself could not
+//! be made (no broker, a subject the broker refused).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use cohort_proto::{
+    AgentName, Collective, DISCOVERY_AGENT, Filter, Identity, PROTOCOL, Reply, Request, RequestId,
+    RpcBody, VERSION, broadcast_subject, node_subject, now_ms, reply_subject,
+};
+use futures::StreamExt;
+use rand::RngCore;
+use serde_json::{Map, Value};
+
+/// How to reach the bus and who is asking.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker URLs, tried in turn.
+    pub brokers: Vec<String>,
+    /// Who is asking, `kind=name` (`user=alice`).
+    pub caller: String,
+    /// The host asking.
+    pub sender: String,
+    /// How long to try to reach a broker before giving up.
+    pub connect_timeout: Duration,
+}
+
+/// Why a call could not be made at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No broker could be reached.
+    #[error("cannot connect to {brokers}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        brokers: String,
+        /// Why.
+        reason: String,
+    },
+    /// A broker URL is not one.
+    #[error("invalid broker URL {0:?}")]
+    BrokerUrl(String),
+    /// The broker refused a subscription or publication.
+    #[error("bus error: {0}")]
+    Bus(String),
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    options: ClientOptions,
+}
+
+/// Discovery settings.
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// Collective to discover in.
+    pub collective: Collective,
+    /// Longest discovery may take (`--dt`).
+    pub timeout: Duration,
+    /// Discovery ends once no reply arrived for this long (after the first).
+    pub quiet: Duration,
+    /// Request TTL in seconds.
+    pub ttl: u32,
+}
+
+/// The outcome of discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    /// Nodes that answered, sorted.
+    pub nodes: BTreeSet<Identity>,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// Whether the network was asked at all (`false` for literal identities).
+    pub networked: bool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Broadcast with the filter; `expected` are the discovered nodes the client waits for.
+    Broadcast {
+        /// Nodes expected to answer.
+        expected: BTreeSet<Identity>,
+    },
+    /// One message to each node's own subject.
+    Direct(BTreeSet<Identity>),
+}
+
+impl Targets {
+    /// Nodes the client waits for.
+    pub fn expected(&self) -> &BTreeSet<Identity> {
+        match self {
+            Targets::Broadcast { expected } | Targets::Direct(expected) => expected,
+        }
+    }
+}
+
+/// One request to send.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Agent.
+    pub agent: AgentName,
+    /// Action.
+    pub action: String,
+    /// Inputs (already converted and validated by the caller against the DDL).
+    pub data: Map<String, Value>,
+    /// Filter carried by the request (nodes check it again).
+    pub filter: Filter,
+    /// Collective.
+    pub collective: Collective,
+    /// Where to send it.
+    pub targets: Targets,
+    /// How long to wait for replies.
+    pub timeout: Duration,
+    /// Request TTL in seconds.
+    pub ttl: u32,
+}
+
+/// A reply and when it arrived, relative to publishing.
+#[derive(Debug, Clone)]
+pub struct NodeReply {
+    /// The reply as the node sent it.
+    pub reply: Reply,
+    /// Time from publishing the request to receiving this reply.
+    pub elapsed: Duration,
+}
+
+/// Accounting of one call.
+#[derive(Debug, Clone)]
+pub struct CallStats {
+    /// The request id.
+    pub request_id: RequestId,
+    /// Nodes expected (discovered).
+    pub discovered: usize,
+    /// Replies received.
+    pub responses: usize,
+    /// Replies with status 0.
+    pub ok: usize,
+    /// Replies with another status.
+    pub failed: usize,
+    /// Expected nodes that did not answer, sorted.
+    pub no_responses: Vec<Identity>,
+    /// Nodes that answered without being expected, sorted.
+    pub unexpected: Vec<Identity>,
+    /// When the request was sent.
+    pub start_time: SystemTime,
+    /// From publishing to the last reply (or the timeout).
+    pub request_time: Duration,
+}
+
+/// Replies and accounting of one call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// Replies in arrival order; a node answering twice is kept once (the first).
+    pub replies: Vec<NodeReply>,
+    /// Accounting.
+    pub stats: CallStats,
+}
+
+fn new_request_id() -> RequestId {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    RequestId::from_random(bytes)
+}
+
+/// True when the filter is nothing but literal identities: discovery can then be skipped and
+/// the identities used as they are (MCollective's identity optimisation).
+pub fn literal_identities(filter: &Filter) -> Option<BTreeSet<Identity>> {
+    let only_identities = !filter.identity.is_empty()
+        && filter.fact.is_empty()
+        && filter.class.is_empty()
+        && filter.agent.is_empty()
+        && filter.compound.is_empty();
+    if !only_identities {
+        return None;
+    }
+    filter
+        .identity
+        .iter()
+        .map(|id| if id.starts_with('/') { None } else { Identity::new(id.as_str()).ok() })
+        .collect()
+}
+
+impl Client {
+    /// Connects to the first reachable broker, failing after `connect_timeout`.
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let mut servers = Vec::new();
+        for url in &options.brokers {
+            servers.push(
+                url.parse::<async_nats::ServerAddr>()
+                    .map_err(|_| ClientError::BrokerUrl(url.clone()))?,
+            );
+        }
+        let brokers = options.brokers.join(", ");
+        let connect = async_nats::ConnectOptions::new()
+            .name(format!("cohort client {}", options.caller))
+            .connection_timeout(options.connect_timeout)
+            .connect(servers);
+        let nats =
+            match tokio::time::timeout(options.connect_timeout + Duration::from_secs(1), connect)
+                .await
+            {
+                Ok(Ok(nats)) => nats,
+                Ok(Err(err)) => {
+                    return Err(ClientError::Connect { brokers, reason: err.to_string() });
+                }
+                Err(_) => {
+                    return Err(ClientError::Connect { brokers, reason: "timed out".to_owned() });
+                }
+            };
+        Ok(Client { nats, options })
+    }
+
+    /// The underlying connection, for tools that need more than this API.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    fn request(
+        &self,
+        id: RequestId,
+        collective: &Collective,
+        agent: AgentName,
+        action: &str,
+        data: Map<String, Value>,
+        filter: Filter,
+        ttl: u32,
+    ) -> Request {
+        Request {
+            protocol: PROTOCOL.to_owned(),
+            version: VERSION,
+            id,
+            sender: self.options.sender.clone(),
+            caller: self.options.caller.clone(),
+            collective: collective.clone(),
+            agent,
+            time: now_ms(SystemTime::now()),
+            ttl,
+            filter,
+            body: RpcBody { action: action.to_owned(), data, process_results: true },
+        }
+    }
+
+    /// Finds the nodes matching `filter`. Ends `quiet` after the last reply, or at
+    /// `options.timeout`, or at once when no node listens at all. `on_reply` sees each node as
+    /// it answers, with the time since the request was sent (what `cohort ping` prints).
+    pub async fn discover(
+        &self,
+        filter: &Filter,
+        options: &DiscoveryOptions,
+        mut on_reply: impl FnMut(&Identity, Duration),
+    ) -> Result<Discovered, ClientError> {
+        let started = Instant::now();
+        if let Some(nodes) = literal_identities(filter) {
+            return Ok(Discovered { nodes, elapsed: started.elapsed(), networked: false });
+        }
+        let id = new_request_id();
+        let discovery =
+            AgentName::new(DISCOVERY_AGENT).map_err(|err| ClientError::Bus(err.to_string()))?;
+        let request = self.request(
+            id.clone(),
+            &options.collective,
+            discovery.clone(),
+            "ping",
+            Map::new(),
+            filter.clone(),
+            options.ttl,
+        );
+        let reply_to = reply_subject(&options.collective, &self.options.caller, &id);
+        let mut replies = self
+            .nats
+            .subscribe(reply_to.clone())
+            .await
+            .map_err(|err| ClientError::Bus(err.to_string()))?;
+        let sent = Instant::now();
+        self.nats
+            .publish_with_reply(
+                broadcast_subject(&options.collective, &discovery),
+                reply_to,
+                request.to_bytes().into(),
+            )
+            .await
+            .map_err(|err| ClientError::Bus(err.to_string()))?;
+        let _ = self.nats.flush().await;
+        let hard_deadline = tokio::time::Instant::now() + options.timeout;
+        let mut deadline = hard_deadline;
+        let mut nodes = BTreeSet::new();
+        loop {
+            let message = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => break,
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                break; // Nobody is subscribed at all.
+            }
+            let Ok(reply) = Reply::from_bytes(&message.payload) else {
+                tracing::debug!("ignoring an undecodable discovery reply");
+                continue;
+            };
+            if reply.request_id != id {
+                continue;
+            }
+            if nodes.insert(reply.sender.clone()) {
+                on_reply(&reply.sender, sent.elapsed());
+            }
+            deadline = (tokio::time::Instant::now() + options.quiet).min(hard_deadline);
+        }
+        let _ = replies.unsubscribe().await;
+        Ok(Discovered { nodes, elapsed: started.elapsed(), networked: true })
+    }
+
+    /// Sends `call` and collects replies until every expected node answered or the timeout
+    /// passed. `on_reply` sees each reply as it arrives (progress bars, JSON lines).
+    pub async fn call(
+        &self,
+        call: Call,
+        mut on_reply: impl FnMut(&NodeReply),
+    ) -> Result<CallResult, ClientError> {
+        let id = new_request_id();
+        let start_time = SystemTime::now();
+        let request = self.request(
+            id.clone(),
+            &call.collective,
+            call.agent.clone(),
+            &call.action,
+            call.data.clone(),
+            call.filter.clone(),
+            call.ttl,
+        );
+        let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
+        let mut incoming = self
+            .nats
+            .subscribe(reply_to.clone())
+            .await
+            .map_err(|err| ClientError::Bus(err.to_string()))?;
+        let bytes: bytes::Bytes = request.to_bytes().into();
+        let sent = Instant::now();
+        match &call.targets {
+            Targets::Broadcast { .. } => {
+                let subject = broadcast_subject(&call.collective, &call.agent);
+                self.nats.publish_with_reply(subject, reply_to.clone(), bytes).await
+            }
+            Targets::Direct(nodes) => {
+                let mut result = Ok(());
+                for node in nodes {
+                    let subject = node_subject(&call.collective, node);
+                    result = result.and(
+                        self.nats
+                            .publish_with_reply(subject, reply_to.clone(), bytes.clone())
+                            .await,
+                    );
+                }
+                result
+            }
+        }
+        .map_err(|err| ClientError::Bus(err.to_string()))?;
+        let _ = self.nats.flush().await;
+
+        let expected = call.targets.expected().clone();
+        let mut outstanding = expected.clone();
+        let mut seen: BTreeSet<Identity> = BTreeSet::new();
+        let mut replies = Vec::new();
+        let deadline = tokio::time::Instant::now() + call.timeout;
+        let node_prefix = format!("{}.node.", call.collective);
+        while !(outstanding.is_empty() && !expected.is_empty()) {
+            let message = match tokio::time::timeout_at(deadline, incoming.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => break,
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                // Which subject had nobody: a node's own subject means that node is not
+                // connected; a broadcast subject means no node hosts the agent.
+                let subject = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Subject"))
+                    .map(|v| v.as_str().to_owned());
+                match subject.as_deref().and_then(|s| s.strip_prefix(&node_prefix)) {
+                    Some(node) => {
+                        if let Ok(node) = Identity::new(node) {
+                            outstanding.remove(&node);
+                        }
+                        if outstanding.is_empty() {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            let reply = match Reply::from_bytes(&message.payload) {
+                Ok(reply) if reply.request_id == id => reply,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::debug!("ignoring an undecodable reply: {err}");
+                    continue;
+                }
+            };
+            if !seen.insert(reply.sender.clone()) {
+                continue;
+            }
+            outstanding.remove(&reply.sender);
+            let node_reply = NodeReply { reply, elapsed: sent.elapsed() };
+            on_reply(&node_reply);
+            replies.push(node_reply);
+            if expected.is_empty() && matches!(call.targets, Targets::Direct(_)) {
+                break;
+            }
+        }
+        let request_time = sent.elapsed();
+        let _ = incoming.unsubscribe().await;
+        let ok = replies.iter().filter(|r| r.reply.status == cohort_proto::StatusCode::Ok).count();
+        let unexpected: Vec<Identity> =
+            seen.iter().filter(|node| !expected.contains(*node)).cloned().collect();
+        let no_responses: Vec<Identity> =
+            expected.iter().filter(|node| !seen.contains(*node)).cloned().collect();
+        let stats = CallStats {
+            request_id: id,
+            discovered: expected.len(),
+            responses: replies.len(),
+            ok,
+            failed: replies.len() - ok,
+            no_responses,
+            unexpected,
+            start_time,
+            request_time,
+        };
+        Ok(CallResult { replies, stats })
+    }
+
+    /// Waits until everything published has been written to the broker.
+    pub async fn flush(&self) {
+        let _ = self.nats.flush().await;
+    }
+}

@@ -1,0 +1,34 @@
+//! `cohort find`: the identities of the nodes matching the filter, one per line.
+
+use std::process::ExitCode;
+
+use crate::options::{CommonFlags, FilterFlags};
+use crate::output::Io;
+
+/// Options of `cohort find`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FindArgs {
+    #[command(flatten)]
+    filter: FilterFlags,
+    #[command(flatten)]
+    common: CommonFlags,
+}
+
+pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
+    let filter = args.filter.build()?;
+    let settings = args.common.settings()?;
+    let client = settings.connect().await?;
+    let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
+    for node in &discovered.nodes {
+        writeln!(io.out, "{node}")?;
+    }
+    if settings.verbose {
+        writeln!(
+            io.err,
+            "Discovered {} nodes in {:.2} seconds using the broadcast discovery method",
+            discovered.nodes.len(),
+            discovered.elapsed.as_secs_f64()
+        )?;
+    }
+    Ok(if discovered.nodes.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,74 @@
+//! Where client commands write, and the pieces of MCollective's output they share: the
+//! `No response from:` grid, the statistics lines and the progress bar.
+//!
+//! stdout carries data only (results, JSON); progress, hints and errors go to stderr. The
+//! progress bar appears only when stderr is a terminal and `--np` was not given.
+
+use std::io::Write;
+use std::time::Duration;
+
+use cohort_proto::Identity;
+
+/// The two output streams of a command, plus what it may assume about the terminal.
+pub(crate) struct Io<'a> {
+    pub(crate) out: &'a mut dyn Write,
+    pub(crate) err: &'a mut dyn Write,
+    /// stdout is a terminal (pretty JSON).
+    pub(crate) out_tty: bool,
+    /// stderr is a terminal (progress bars).
+    pub(crate) err_tty: bool,
+}
+
+impl Io<'_> {
+    /// Streams of the process.
+    pub(crate) fn with_std<T>(run: impl FnOnce(&mut Io<'_>) -> T) -> T {
+        use std::io::IsTerminal;
+        let stdout = std::io::stdout();
+        let stderr = std::io::stderr();
+        let out_tty = stdout.is_terminal();
+        let err_tty = stderr.is_terminal();
+        let mut out = stdout.lock();
+        let mut err = stderr.lock();
+        let mut io = Io { out: &mut out, err: &mut err, out_tty, err_tty };
+        let result = run(&mut io);
+        let _ = io.out.flush();
+        result
+    }
+}
+
+/// MCollective's grid of names: width max(longest, 30), floor(90 / width) columns.
+pub(crate) fn name_grid(title: &str, names: &[Identity]) -> String {
+    let width = names.iter().map(|n| n.as_str().len()).max().unwrap_or(0).max(30);
+    let columns = (90 / width).max(1);
+    let mut text = format!("{title}\n\n");
+    for row in names.chunks(columns) {
+        text.push_str("   ");
+        for name in row {
+            text.push_str(&format!(" {:<width$}", name.as_str()));
+        }
+        text.push_str("\n");
+    }
+    text.push('\n');
+    text
+}
+
+pub(crate) fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// A progress bar over `total` replies on stderr, or nothing when not wanted.
+pub(crate) fn progress(total: usize, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled || total == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template(" {spinner} [ {bar:60.green/white} ] {pos} / {len}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

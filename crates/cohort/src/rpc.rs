@@ -1,0 +1,393 @@
+//! `cohort rpc AGENT ACTION [key=value ...]`: discover, send, collect, print.
+//!
+//! Arguments are converted by the DDL's input types and validated before anything is sent.
+//! Output follows MCollective's shape: the replies the display policy selects, aggregate
+//! summaries, `Finished processing N / M hosts in X ms`, and the `No response from:` grid;
+//! `-j` prints one JSON document instead (docs/output.md).
+//!
+//! Exit codes (reference/mcollective.md §1.1, with one fix): 0 all answered OK; 1 nothing
+//! discovered; 2 some replies failed *or some discovered nodes did not answer* (MCollective
+//! exited 0 when a node stayed silent); 3 nodes discovered but none answered; 4 no discovery
+//! and no replies.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cohort_client::{Call, CallResult, Discovered, Targets};
+use cohort_ddl::{ActionDdl, AgentDdl, Display, Summary};
+use cohort_proto::{AgentName, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::options::{CommonFlags, FilterFlags};
+use crate::output::{Io, ms, name_grid, progress};
+
+/// Requests to at most this many discovered nodes go to each node's own subject rather than
+/// as one broadcast (MCollective's direct_addressing_threshold).
+const DIRECT_THRESHOLD: usize = 10;
+
+/// Options of `cohort rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RpcArgs {
+    /// Agent to call.
+    agent: String,
+    /// Action to call.
+    action: String,
+    /// Inputs, as key=value.
+    #[arg(value_name = "KEY=VALUE")]
+    inputs: Vec<String>,
+    #[command(flatten)]
+    filter: FilterFlags,
+    #[command(flatten)]
+    common: CommonFlags,
+    /// Print one JSON document with every reply and the statistics.
+    #[arg(short = 'j', long = "json", help_heading = "RPC Options")]
+    json: bool,
+    /// Which replies to print: ok, all or failed [default: the action's DDL display policy].
+    #[arg(long = "display", value_name = "MODE", value_parser = ["ok", "all", "failed"], help_heading = "RPC Options")]
+    display: Option<String>,
+    /// No progress bar.
+    #[arg(long = "np", visible_alias = "no-progress", help_heading = "RPC Options")]
+    no_progress: bool,
+}
+
+/// Finds the DDL of `agent`: built in, or `<agents_dir>/<agent>/<agent>.json`.
+pub(crate) fn find_ddl(agent: &str, agents_dir: Option<&Path>) -> anyhow::Result<Option<AgentDdl>> {
+    if let Some(ddl) = cohort_ddl::builtin::find(agent) {
+        return Ok(Some(ddl));
+    }
+    let Some(dir) = agents_dir else { return Ok(None) };
+    let path = dir.join(agent).join(format!("{agent}.json"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(AgentDdl::from_json(&text).with_context(|| format!("invalid DDL {}", path.display()))?))
+}
+
+fn parse_inputs(
+    inputs: &[String],
+    action: Option<&ActionDdl>,
+) -> anyhow::Result<Map<String, Value>> {
+    let mut data = Map::new();
+    for input in inputs {
+        let Some((key, text)) = input.split_once('=') else {
+            bail!("argument {input:?} is not key=value");
+        };
+        let value = match action.and_then(|action| action.input.get(key)) {
+            Some(ddl) => cohort_ddl::convert_argument(key, ddl, text)?,
+            None if action.is_some() => {
+                bail!(
+                    "unknown input {key:?}; the action takes: {}",
+                    action
+                        .map(|a| a.input.keys().cloned().collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                )
+            }
+            None => Value::String(text.to_owned()),
+        };
+        data.insert(key.to_owned(), value);
+    }
+    if let Some(action) = action {
+        cohort_ddl::validate_inputs(action, &mut data)?;
+    }
+    Ok(data)
+}
+
+pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
+    let agent = AgentName::new(args.agent.as_str())?;
+    let filter = args.filter.build()?;
+    let settings = args.common.settings()?;
+    let ddl = find_ddl(agent.as_str(), settings.agents_dir.as_deref())?;
+    let action = match &ddl {
+        Some(ddl) => Some(ddl.action(&args.action).with_context(|| {
+            format!(
+                "Attempted to call action {} for {agent} but it's not declared in the DDL",
+                args.action
+            )
+        })?),
+        None => {
+            writeln!(
+                io.err,
+                "warning: no DDL for agent {agent}; sending inputs as text without validation"
+            )?;
+            None
+        }
+    };
+    let data = parse_inputs(&args.inputs, action)?;
+
+    let client = settings.connect().await?;
+    let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
+    if settings.verbose || (io.err_tty && !args.json) {
+        writeln!(
+            io.err,
+            "Discovering hosts using the broadcast method for {} second(s) .... {}",
+            settings.discovery_timeout.as_secs_f64(),
+            discovered.nodes.len()
+        )?;
+    }
+    if discovered.nodes.is_empty() {
+        writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
+        if args.json {
+            print_json(io, &agent, &args.action, &discovered, None, &[])?;
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let ddl_timeout = ddl
+        .as_ref()
+        .map_or(Duration::from_secs(10), |ddl| Duration::from_secs_f64(ddl.metadata.timeout));
+    let timeout = settings.timeout.unwrap_or(ddl_timeout + settings.discovery_timeout);
+    let targets = if !discovered.networked || discovered.nodes.len() <= DIRECT_THRESHOLD {
+        Targets::Direct(discovered.nodes.clone())
+    } else {
+        Targets::Broadcast { expected: discovered.nodes.clone() }
+    };
+    let bar = progress(discovered.nodes.len(), io.err_tty && !args.no_progress && !args.json);
+    let call = Call {
+        agent: agent.clone(),
+        action: args.action.clone(),
+        data,
+        filter,
+        collective: settings.collective.clone(),
+        targets,
+        timeout,
+        ttl: settings.ttl,
+    };
+    let result = client.call(call, |_| bar.inc(1)).await?;
+    bar.finish_and_clear();
+    let summaries = match action {
+        Some(action) => cohort_ddl::summarize(
+            action,
+            result
+                .replies
+                .iter()
+                .filter(|r| r.reply.status == StatusCode::Ok)
+                .map(|r| &r.reply.data),
+        ),
+        None => Vec::new(),
+    };
+    if args.json {
+        print_json(io, &agent, &args.action, &discovered, Some(&result), &summaries)?;
+    } else {
+        let display = match args.display.as_deref() {
+            Some("ok") => Display::Ok,
+            Some("all") => Display::Always,
+            Some("failed") => Display::Failed,
+            _ => action.map_or(Display::Failed, |a| a.display),
+        };
+        print_text(
+            io,
+            action,
+            display,
+            &result,
+            &summaries,
+            &discovered,
+            settings.verbose,
+            &agent,
+            &args.action,
+        )?;
+    }
+    Ok(exit_code(&discovered, &result))
+}
+
+fn exit_code(discovered: &Discovered, result: &CallResult) -> ExitCode {
+    let stats = &result.stats;
+    let code = if !discovered.networked && stats.responses == 0 && discovered.nodes.is_empty() {
+        4
+    } else if discovered.nodes.is_empty() && stats.responses == 0 {
+        1
+    } else if !discovered.nodes.is_empty() && stats.responses == 0 {
+        3
+    } else if stats.failed > 0 || !stats.no_responses.is_empty() {
+        2
+    } else {
+        0
+    };
+    ExitCode::from(code)
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_text(
+    io: &mut Io<'_>,
+    action: Option<&ActionDdl>,
+    display: Display,
+    result: &CallResult,
+    summaries: &[Summary],
+    discovered: &Discovered,
+    verbose: bool,
+    agent: &AgentName,
+    action_name: &str,
+) -> anyhow::Result<()> {
+    let mut replies: Vec<_> = result.replies.iter().collect();
+    replies.sort_by(|a, b| a.reply.sender.cmp(&b.reply.sender));
+    let mut block = String::new();
+    for node in replies {
+        let reply = &node.reply;
+        let ok = reply.status == StatusCode::Ok;
+        let show = match display {
+            Display::Always => true,
+            Display::Ok => ok,
+            Display::Failed => !ok,
+        };
+        if !show {
+            continue;
+        }
+        block.push_str(
+            &format!("{:<40} {}\n", reply.sender.as_str(), reply.status.label())
+                .trim_end()
+                .to_owned(),
+        );
+        block.push('\n');
+        if reply.status_message != "OK" {
+            block.push_str(&format!("   {}\n", reply.status_message));
+        }
+        if ok {
+            let labels: Vec<(String, String)> = reply
+                .data
+                .keys()
+                .map(|key| {
+                    let label = action
+                        .and_then(|a| a.output.get(key))
+                        .map(|o| o.display_as.clone())
+                        .filter(|l| !l.is_empty())
+                        .unwrap_or_else(|| key.clone());
+                    (key.clone(), label)
+                })
+                .collect();
+            let width =
+                labels.iter().map(|(_, label)| label.chars().count()).max().unwrap_or(0) + 3;
+            for (key, label) in labels {
+                let text = value_text(&reply.data[&key]);
+                let mut lines = text.lines();
+                let first = lines.next().unwrap_or_default();
+                block.push_str(&format!("{:>width$}: {first}\n", label));
+                for line in lines {
+                    block.push_str(&format!("{:width$}  {line}\n", ""));
+                }
+            }
+        }
+        block.push('\n');
+    }
+    if !block.is_empty() {
+        write!(io.out, "\n{block}")?;
+    }
+    for summary in summaries {
+        writeln!(io.out, "Summary of {}:\n", summary.display_as)?;
+        for line in summary.lines() {
+            writeln!(io.out, "   {line}")?;
+        }
+        writeln!(io.out)?;
+    }
+    let stats = &result.stats;
+    if verbose {
+        writeln!(io.out, "---- {agent}#{action_name} call stats ----")?;
+        writeln!(io.out, "           Nodes: {} / {}", stats.discovered, stats.responses)?;
+        writeln!(io.out, "     Pass / Fail: {} / {}", stats.ok, stats.failed)?;
+        writeln!(
+            io.out,
+            "      Start Time: {}",
+            humantime::format_rfc3339_seconds(stats.start_time)
+        )?;
+        writeln!(io.out, "  Discovery Time: {:.2}ms", ms(discovered.elapsed))?;
+        writeln!(io.out, "      Agent Time: {:.2}ms", ms(stats.request_time))?;
+        writeln!(io.out, "      Total Time: {:.2}ms", ms(discovered.elapsed + stats.request_time))?;
+    } else {
+        writeln!(
+            io.out,
+            "\nFinished processing {} / {} hosts in {:.2} ms",
+            stats.responses,
+            stats.discovered,
+            ms(stats.request_time)
+        )?;
+    }
+    if !stats.no_responses.is_empty() {
+        write!(io.out, "\n{}", name_grid("No response from:", &stats.no_responses))?;
+    }
+    if !stats.unexpected.is_empty() {
+        write!(io.out, "\n{}", name_grid("Unexpected response from:", &stats.unexpected))?;
+    }
+    Ok(())
+}
+
+fn print_json(
+    io: &mut Io<'_>,
+    agent: &AgentName,
+    action: &str,
+    discovered: &Discovered,
+    result: Option<&CallResult>,
+    summaries: &[Summary],
+) -> anyhow::Result<()> {
+    let replies: Vec<Value> = result
+        .map(|r| {
+            r.replies
+                .iter()
+                .map(|node| {
+                    json!({
+                        "sender": node.reply.sender,
+                        "agent": node.reply.agent,
+                        "action": node.reply.action,
+                        "statuscode": node.reply.status.code(),
+                        "statusmsg": node.reply.status_message,
+                        "data": node.reply.data,
+                        "time_ms": ms(node.elapsed),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let empty: BTreeSet<cohort_proto::Identity> = BTreeSet::new();
+    let stats = match result {
+        Some(result) => {
+            let s = &result.stats;
+            json!({
+                "request_id": s.request_id,
+                "discovered": s.discovered,
+                "responses": s.responses,
+                "ok": s.ok,
+                "failed": s.failed,
+                "no_responses": s.no_responses,
+                "unexpected_responses": s.unexpected,
+                "discovery_time_ms": ms(discovered.elapsed),
+                "request_time_ms": ms(s.request_time),
+                "start_time": humantime::format_rfc3339_millis(s.start_time).to_string(),
+            })
+        }
+        None => json!({
+            "discovered": 0,
+            "responses": 0,
+            "ok": 0,
+            "failed": 0,
+            "no_responses": empty,
+            "unexpected_responses": empty,
+            "discovery_time_ms": ms(discovered.elapsed),
+            "request_time_ms": 0.0,
+        }),
+    };
+    let document = json!({
+        "agent": agent,
+        "action": action,
+        "replies": replies,
+        "summaries": summaries,
+        "stats": stats,
+    });
+    let text = if io.out_tty {
+        serde_json::to_string_pretty(&document)?
+    } else {
+        serde_json::to_string(&document)?
+    };
+    writeln!(io.out, "{text}")?;
+    Ok(())
+}
