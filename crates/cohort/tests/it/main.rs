@@ -3,4 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod broker;
+mod collective;
+mod fleet;
 mod process;
