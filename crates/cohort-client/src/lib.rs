@@ -227,8 +227,7 @@ impl Client {
         id: RequestId,
         collective: &Collective,
         agent: AgentName,
-        action: &str,
-        data: Map<String, Value>,
+        body: RpcBody,
         filter: Filter,
         ttl: u32,
     ) -> Request {
@@ -243,7 +242,7 @@ impl Client {
             time: now_ms(SystemTime::now()),
             ttl,
             filter,
-            body: RpcBody { action: action.to_owned(), data, process_results: true },
+            body,
         }
     }
 
@@ -263,12 +262,12 @@ impl Client {
         let id = new_request_id();
         let discovery =
             AgentName::new(DISCOVERY_AGENT).map_err(|err| ClientError::Bus(err.to_string()))?;
+        let body = RpcBody { action: "ping".to_owned(), data: Map::new(), process_results: true };
         let request = self.request(
             id.clone(),
             &options.collective,
             discovery.clone(),
-            "ping",
-            Map::new(),
+            body,
             filter.clone(),
             options.ttl,
         );
@@ -324,12 +323,13 @@ impl Client {
     ) -> Result<CallResult, ClientError> {
         let id = new_request_id();
         let start_time = SystemTime::now();
+        let body =
+            RpcBody { action: call.action.clone(), data: call.data.clone(), process_results: true };
         let request = self.request(
             id.clone(),
             &call.collective,
             call.agent.clone(),
-            &call.action,
-            call.data.clone(),
+            body,
             call.filter.clone(),
             call.ttl,
         );
@@ -368,7 +368,7 @@ impl Client {
         let mut replies = Vec::new();
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
-        while !(outstanding.is_empty() && !expected.is_empty()) {
+        while !outstanding.is_empty() || expected.is_empty() {
             let message = match tokio::time::timeout_at(deadline, incoming.next()).await {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => break,

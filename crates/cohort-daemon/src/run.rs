@@ -154,10 +154,10 @@ pub async fn run(
                 let client = client.clone();
                 tokio::spawn(async move {
                     let handled = state.handle(&message.payload, SystemTime::now()).await;
-                    if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply) {
-                        if let Err(err) = client.publish(subject, reply.to_bytes().into()).await {
-                            tracing::warn!("cannot publish reply: {err}");
-                        }
+                    if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply)
+                        && let Err(err) = client.publish(subject, reply.to_bytes().into()).await
+                    {
+                        tracing::warn!("cannot publish reply: {err}");
                     }
                     drop(permit);
                 });

@@ -5,9 +5,12 @@ use crate::AgentDdl;
 /// `rpcutil`: general information about a node and its daemon.
 pub const RPCUTIL: &str = include_str!("../ddl/rpcutil.json");
 
+/// The text of every built-in DDL.
+pub const ALL: &[&str] = &[RPCUTIL];
+
 /// Every built-in DDL, parsed. Each is checked by a test, so parsing cannot fail at run time.
 pub fn all() -> Vec<AgentDdl> {
-    [RPCUTIL].iter().filter_map(|text| AgentDdl::from_json(text).ok()).collect()
+    ALL.iter().filter_map(|text| AgentDdl::from_json(text).ok()).collect()
 }
 
 /// The built-in DDL of `agent`, if there is one.
@@ -19,7 +22,7 @@ pub fn find(agent: &str) -> Option<AgentDdl> {
 mod tests {
     #[test]
     fn builtin_ddls_parse() {
-        for text in [super::RPCUTIL] {
+        for text in super::ALL {
             crate::AgentDdl::from_json(text).unwrap();
         }
         assert!(super::find("rpcutil").is_some());

@@ -46,7 +46,7 @@ pub(crate) fn name_grid(title: &str, names: &[Identity]) -> String {
         for name in row {
             text.push_str(&format!(" {:<width$}", name.as_str()));
         }
-        text.push_str("\n");
+        text.push('\n');
     }
     text.push('\n');
     text

@@ -245,11 +245,8 @@ fn print_text(
         if !show {
             continue;
         }
-        block.push_str(
-            &format!("{:<40} {}\n", reply.sender.as_str(), reply.status.label())
-                .trim_end()
-                .to_owned(),
-        );
+        block
+            .push_str(format!("{:<40} {}", reply.sender.as_str(), reply.status.label()).trim_end());
         block.push('\n');
         if reply.status_message != "OK" {
             block.push_str(&format!("   {}\n", reply.status_message));
