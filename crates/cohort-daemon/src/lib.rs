@@ -14,6 +14,7 @@ pub mod facts;
 pub mod pipeline;
 pub mod rpcutil;
 pub mod run;
+pub mod sim;
 pub mod stats;
 
 pub use config::{Config, ConfigError};

@@ -4,18 +4,13 @@
 //! commands from another terminal.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use cohort_broker::{Broker, Config as BrokerConfig};
-use cohort_daemon::NodeState;
-use cohort_daemon::facts::Facts;
-use cohort_daemon::run::{RunOptions, Signal, builtin_agents};
-use cohort_proto::{Collective, Identity};
-use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value, json};
+use cohort_daemon::sim::Fleet;
+use cohort_proto::Collective;
 
 use crate::output::Io;
 use crate::{ClientCommand, run_client};
@@ -29,122 +24,6 @@ pub(crate) struct DemoArgs {
     /// Keep the fleet running after the tour, until Ctrl-C.
     #[arg(long)]
     serve: bool,
-}
-
-const COUNTRIES: [&str; 6] = ["uk", "us", "de", "fr", "nl", "jp"];
-const ROLES: [&str; 4] = ["web", "db", "cache", "lb"];
-const OSES: [(&str, &str, &str); 3] = [
-    ("Debian", "Debian GNU/Linux", "12"),
-    ("Debian", "Ubuntu", "22.04"),
-    ("RedHat", "Rocky Linux", "9.4"),
-];
-const INSTANCE_TYPES: [&str; 4] = ["t3.medium", "m6i.large", "c6i.xlarge", "r6i.2xlarge"];
-
-/// Facts and classes of simulated node `idx`, varied but reproducible.
-pub(crate) fn simulated_node(idx: u32, rng: &mut impl Rng) -> (Identity, Facts) {
-    let country = COUNTRIES[rng.gen_range(0..COUNTRIES.len())];
-    let role = ROLES[idx as usize % ROLES.len()];
-    let (family, os_name, release) = OSES[rng.gen_range(0..OSES.len())];
-    let name = format!("{role}{idx:04}.{country}.example.net");
-    let zone = format!(
-        "{}-{}",
-        ["eu-west-1", "us-east-1", "ap-northeast-1"][rng.gen_range(0..3)],
-        ["a", "b", "c"][rng.gen_range(0..3)]
-    );
-    let major = release.split('.').next().unwrap_or_default();
-    let puppet_enabled = if rng.gen_bool(0.9) { "1" } else { "0" };
-    let cpus = [2, 4, 8, 16][rng.gen_range(0..4)];
-    let memory = [4u64, 8, 16, 64][rng.gen_range(0..4)] << 30;
-    let facts = json!({
-        "hostname": format!("{role}{idx:04}"),
-        "fqdn": name,
-        "domain": format!("{country}.example.net"),
-        "country": country,
-        "role": role,
-        "os": { "family": family, "name": os_name, "release": { "full": release, "major": major } },
-        "processors": { "count": cpus },
-        "memory": { "total_bytes": memory },
-        "puppet_enabled": puppet_enabled,
-        "ec2_instance_id": format!("i-{:017x}", rng.r#gen::<u64>() >> 4),
-        "ec2_instance_type": INSTANCE_TYPES[rng.gen_range(0..INSTANCE_TYPES.len())],
-        "ec2_placement_availability_zone": zone,
-        "uptime_seconds": rng.gen_range(3600..90 * 86400),
-    });
-    let mut classes = vec![format!("role::{role}"), "profile::base".to_owned()];
-    if role == "db" {
-        classes.push("bacula::node".to_owned());
-    }
-    let facts = match facts {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
-    // Names built from fixed tables are always valid identities.
-    let identity =
-        Identity::new(name).unwrap_or_else(|_| unreachable!("generated identity is valid"));
-    (identity, Facts { facts, classes })
-}
-
-/// A simulated fleet running in this process.
-pub(crate) struct Fleet {
-    stops: Vec<tokio::sync::mpsc::Sender<Signal>>,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Fleet {
-    /// Starts `count` nodes connected to `url`.
-    pub(crate) async fn start(url: &str, count: u32, seed: u64) -> anyhow::Result<Fleet> {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-        let collective = Collective::new("cohort")?;
-        let mut fleet = Fleet { stops: Vec::new(), tasks: tokio::task::JoinSet::new() };
-        let options = RunOptions {
-            registration_interval: Duration::ZERO,
-            max_concurrent_actions: 4,
-            facts_refresh: Duration::from_secs(3600),
-            agents_dir: None,
-            max_agent_output: 1024 * 1024,
-            shutdown_grace: Duration::from_secs(2),
-        };
-        for idx in 0..count {
-            let (identity, facts) = simulated_node(idx, &mut rng);
-            let state = Arc::new(NodeState::new(
-                identity.clone(),
-                vec![collective.clone()],
-                facts,
-                builtin_agents(),
-                None,
-                Map::new(),
-                Duration::from_secs(30),
-            ));
-            let client = async_nats_connect(url, identity.as_str()).await?;
-            let (stop, signals) = tokio::sync::mpsc::channel(1);
-            let options = options.clone();
-            fleet.tasks.spawn(async move {
-                if let Err(err) =
-                    cohort_daemon::run::run(state, client, options, None, signals).await
-                {
-                    tracing::error!("simulated node {identity} failed: {err}");
-                }
-            });
-            fleet.stops.push(stop);
-        }
-        Ok(fleet)
-    }
-
-    /// Stops every node and waits for them.
-    pub(crate) async fn stop(mut self) {
-        for stop in &self.stops {
-            let _ = stop.send(Signal::Shutdown).await;
-        }
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-async fn async_nats_connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .connect(url)
-        .await
-        .with_context(|| format!("simulated node {name} cannot connect to {url}"))
 }
 
 #[derive(Debug, Parser)]

@@ -39,7 +39,7 @@ async fn bad_clients_do_not_disturb_others() {
     let url = broker.url();
     let good = async_nats::connect(&url).await.unwrap();
     let mut sub = good.subscribe("health").await.unwrap();
-    good.flush().await.unwrap();
+    crate::harness::settle(&good).await;
     assert_healthy(&url, &mut sub, &good, 0).await;
 
     let connect = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n".to_vec();
@@ -126,7 +126,7 @@ async fn thousands_of_connections_opened_and_dropped() {
     let url = broker.url();
     let good = async_nats::connect(&url).await.unwrap();
     let mut sub = good.subscribe("health").await.unwrap();
-    good.flush().await.unwrap();
+    crate::harness::settle(&good).await;
     let addr = broker.addr();
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -151,7 +151,8 @@ async fn thousands_of_connections_opened_and_dropped() {
         task.await.unwrap();
     }
     assert_healthy(&url, &mut sub, &good, 0).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    // Generous: on a loaded machine thousands of closes take a while to be noticed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let counters = broker.counters().snapshot();
         if counters.connections == 1 && counters.subscriptions == 1 {

@@ -7,7 +7,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::harness::{Kind, Raw, Server, Setup, TestTls, TestUser, both};
+use crate::harness::{Kind, Raw, Server, Setup, TestTls, TestUser, both, settle, settle_via};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -45,7 +45,7 @@ async fn pub_sub_in_order(kind: Kind) {
     let server = Server::start(kind, &Setup::default()).await;
     let client = async_nats::connect(server.url()).await.unwrap();
     let mut sub = client.subscribe("orders.new").await.unwrap();
-    client.flush().await.unwrap();
+    settle(&client).await;
     let other = async_nats::connect(server.url()).await.unwrap();
     for idx in 0..100 {
         other.publish("orders.new", Bytes::from(format!("order {idx}"))).await.unwrap();
@@ -97,8 +97,8 @@ async fn queue_groups_deliver_once_and_spread(kind: Kind) {
     ];
     let mut other_group = second.queue_subscribe("work", "auditors".into()).await.unwrap();
     let mut plain = second.subscribe("work").await.unwrap();
-    first.flush().await.unwrap();
-    second.flush().await.unwrap();
+    settle(&first).await;
+    settle(&second).await;
     let publisher = async_nats::connect(server.url()).await.unwrap();
     for idx in 0..400 {
         publisher.publish("work", Bytes::from(format!("{idx}"))).await.unwrap();
@@ -129,7 +129,7 @@ async fn request_reply(kind: Kind) {
     let server = Server::start(kind, &Setup::default()).await;
     let responder = async_nats::connect(server.url()).await.unwrap();
     let mut requests = responder.subscribe("svc.echo").await.unwrap();
-    responder.flush().await.unwrap();
+    settle(&responder).await;
     let serve = tokio::spawn(async move {
         while let Some(request) = requests.next().await {
             let mut reply = b"echo: ".to_vec();
@@ -304,11 +304,15 @@ async fn permissions_enforced(kind: Kind) {
         .connect(server.url())
         .await
         .unwrap();
-    let mut watch = root.subscribe(">").await.unwrap();
-    root.flush().await.unwrap();
     let mut wide = alice.subscribe("a.>").await.unwrap();
     let _denied = alice.subscribe("b.x").await.unwrap();
-    alice.flush().await.unwrap();
+    settle_via(&alice, &root, "a.settle").await;
+    let mut watch = root.subscribe(">").await.unwrap();
+    settle(&root).await;
+    // Forget the settling probes.
+    for sub in [&mut wide, &mut watch] {
+        while tokio::time::timeout(Duration::from_millis(200), sub.next()).await.is_ok() {}
+    }
     let violation = tokio::time::timeout(WAIT, errors.recv()).await.unwrap().unwrap();
     assert!(
         violation.to_lowercase().contains("permissions violation for subscription to \"b.x\""),
@@ -419,7 +423,7 @@ async fn thousand_subscribers_all_receive(kind: Kind) {
         for _ in 0..50 {
             subs.push(client.subscribe("fleet.all").await.unwrap());
         }
-        client.flush().await.unwrap();
+        settle(&client).await;
         clients.push(client);
     }
     assert_eq!(subs.len(), 1000);
@@ -439,10 +443,10 @@ async fn echo_off(kind: Kind) {
     let server = Server::start(kind, &Setup::default()).await;
     let quiet = ConnectOptions::new().no_echo().connect(server.url()).await.unwrap();
     let mut own = quiet.subscribe("chat").await.unwrap();
-    quiet.flush().await.unwrap();
     let listener = async_nats::connect(server.url()).await.unwrap();
+    settle_via(&quiet, &listener, "probe").await;
     let mut theirs = listener.subscribe("chat").await.unwrap();
-    listener.flush().await.unwrap();
+    settle(&listener).await;
     quiet.publish("chat", Bytes::from_static(b"mine")).await.unwrap();
     quiet.flush().await.unwrap();
     listener.publish("chat", Bytes::from_static(b"yours")).await.unwrap();

@@ -286,6 +286,38 @@ impl Raw {
     }
 }
 
+/// Returns once the server has processed everything `client` sent before: a message to a
+/// private subject makes a round trip, and a server handles one connection's operations in
+/// order. (async-nats' `flush` only empties the client's buffer.) Use it after subscribing on
+/// one connection and before publishing from another.
+pub async fn settle(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut marker = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, bytes::Bytes::new()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), marker.next())
+        .await
+        .expect("settle round trip timed out")
+        .unwrap();
+}
+
+/// Like [`settle`], for a client that cannot hear itself (no echo) or may not use inboxes:
+/// it subscribes to `<prefix>.<unique>` and `helper` publishes there until it hears it.
+pub async fn settle_via(client: &async_nats::Client, helper: &async_nats::Client, prefix: &str) {
+    use futures::StreamExt;
+    let subject = format!("{prefix}.{}", client.new_inbox().replace('.', "_"));
+    let mut marker = client.subscribe(subject.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        helper.publish(subject.clone(), bytes::Bytes::new()).await.unwrap();
+        helper.flush().await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(50), marker.next()).await.is_ok() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "settle_via timed out");
+    }
+}
+
 /// Runs each listed async scenario against both servers, as two tests.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {

@@ -33,20 +33,31 @@ async fn slow_consumer_is_disconnected_and_others_keep_up() {
 
     let reader = async_nats::connect(broker.url()).await.unwrap();
     let mut sub = reader.subscribe("flood").await.unwrap();
-    reader.flush().await.unwrap();
+    crate::harness::settle(&reader).await;
     let publisher = async_nats::connect(broker.url()).await.unwrap();
     let payload = Bytes::from(vec![b'x'; 32 * 1024]);
-    let total = 2000; // 64 MiB in all: far beyond what the stuck client's buffers can hold.
+    // 64 MiB in all, far beyond what the stuck client's socket buffers and 8 MiB queue hold.
+    // Published in batches the healthy reader confirms, so only the stuck one falls behind
+    // however loaded the machine is.
+    let (batches, batch) = (20u64, 100u64);
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let receive = tokio::spawn(async move {
-        for _ in 0..total {
+        for received in 1..=batches * batch {
             let msg = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
             assert_eq!(msg.payload.len(), 32 * 1024);
+            let _ = progress_tx.send(received);
         }
     });
-    for _ in 0..total {
-        publisher.publish("flood", payload.clone()).await.unwrap();
+    for round in 1..=batches {
+        for _ in 0..batch {
+            publisher.publish("flood", payload.clone()).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        tokio::time::timeout(WAIT, progress.wait_for(|received| *received >= round * batch))
+            .await
+            .unwrap()
+            .unwrap();
     }
-    publisher.flush().await.unwrap();
     receive.await.unwrap();
     assert!(broker.counters().snapshot().slow_consumers >= 1);
     // The stuck client was cut off: draining its socket ends in EOF.
