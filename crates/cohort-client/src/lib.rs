@@ -63,7 +63,9 @@ pub struct DiscoveryOptions {
     pub collective: Collective,
     /// Longest discovery may take (`--dt`).
     pub timeout: Duration,
-    /// Discovery ends once no reply arrived for this long (after the first).
+    /// Shortest quiet window: discovery ends once no reply arrived for the window, which is
+    /// the largest of this, the time the first reply took (one network round trip), four
+    /// times the largest gap seen between replies, and half the time discovery has run so far.
     pub quiet: Duration,
     /// Request TTL in seconds.
     pub ttl: u32,
@@ -246,8 +248,9 @@ impl Client {
         }
     }
 
-    /// Finds the nodes matching `filter`. Ends `quiet` after the last reply, or at
-    /// `options.timeout`, or at once when no node listens at all. `on_reply` sees each node as
+    /// Finds the nodes matching `filter`. Ends when replies stop arriving for an adaptive quiet
+    /// window (see [`DiscoveryOptions::quiet`]), or at `options.timeout`, or at once when no
+    /// node listens at all. `on_reply` sees each node as
     /// it answers, with the time since the request was sent (what `cohort ping` prints).
     pub async fn discover(
         &self,
@@ -290,6 +293,10 @@ impl Client {
         let hard_deadline = tokio::time::Instant::now() + options.timeout;
         let mut deadline = hard_deadline;
         let mut nodes = BTreeSet::new();
+        // The window adapts to the network: a fleet whose first reply takes 80 ms, or whose
+        // replies trickle in 30 ms apart, is given correspondingly longer to finish.
+        let mut window = options.quiet;
+        let mut last_reply: Option<Instant> = None;
         loop {
             let message = match tokio::time::timeout_at(deadline, replies.next()).await {
                 Ok(Some(message)) => message,
@@ -305,10 +312,19 @@ impl Client {
             if reply.request_id != id {
                 continue;
             }
+            let now = Instant::now();
+            match last_reply {
+                None => window = window.max(now - sent),
+                Some(previous) => window = window.max((now - previous) * 4),
+            }
+            // A large fleet takes a while to answer; the longer it has taken, the longer a
+            // pause can be without meaning it is over.
+            window = window.max((now - sent) / 2);
+            last_reply = Some(now);
             if nodes.insert(reply.sender.clone()) {
                 on_reply(&reply.sender, sent.elapsed());
             }
-            deadline = (tokio::time::Instant::now() + options.quiet).min(hard_deadline);
+            deadline = (tokio::time::Instant::now() + window).min(hard_deadline);
         }
         let _ = replies.unsubscribe().await;
         Ok(Discovered { nodes, elapsed: started.elapsed(), networked: true })

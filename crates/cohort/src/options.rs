@@ -2,7 +2,8 @@
 //! they resolve against: flags > `COHORT_*` environment > config file > defaults.
 //!
 //! Config file: `-c FILE`, else `~/.config/cohort/client.toml`, else `/etc/cohort/client.toml`
-//! (the first that exists). Keys: `brokers`, `collective`, `discovery_timeout`, `timeout`,
+//! (the first that exists). Keys: `brokers`, `collective`, `discovery_timeout`,
+//! `discovery_quiet`, `timeout`,
 //! `ttl`, `agents_dir`, `connect_timeout`. Unknown keys are an error.
 
 use std::path::{Path, PathBuf};
@@ -132,6 +133,7 @@ struct ClientFile {
     brokers: Vec<String>,
     collective: Option<Collective>,
     discovery_timeout: Option<f64>,
+    discovery_quiet: Option<f64>,
     timeout: Option<f64>,
     ttl: Option<u32>,
     agents_dir: Option<PathBuf>,
@@ -144,6 +146,7 @@ pub(crate) struct Settings {
     pub(crate) brokers: Vec<String>,
     pub(crate) collective: Collective,
     pub(crate) discovery_timeout: Duration,
+    pub(crate) discovery_quiet: Duration,
     pub(crate) timeout: Option<Duration>,
     pub(crate) ttl: u32,
     pub(crate) agents_dir: Option<PathBuf>,
@@ -205,11 +208,13 @@ impl CommonFlags {
         };
         let discovery_timeout =
             seconds("--dt", self.discovery_timeout.or(file.discovery_timeout).unwrap_or(2.0))?;
+        let discovery_quiet = seconds("discovery_quiet", file.discovery_quiet.unwrap_or(0.05))?;
         let timeout = self.timeout.or(file.timeout).map(|t| seconds("--timeout", t)).transpose()?;
         Ok(Settings {
             brokers,
             collective,
             discovery_timeout,
+            discovery_quiet,
             timeout,
             ttl: self.ttl.or(file.ttl).unwrap_or(60),
             agents_dir: file.agents_dir,
@@ -244,7 +249,7 @@ impl Settings {
         cohort_client::DiscoveryOptions {
             collective: self.collective.clone(),
             timeout: self.discovery_timeout,
-            quiet: Duration::from_millis(300).min(self.discovery_timeout),
+            quiet: self.discovery_quiet.min(self.discovery_timeout),
             ttl: self.ttl,
         }
     }

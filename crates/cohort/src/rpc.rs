@@ -24,10 +24,6 @@ use serde_json::{Map, Value, json};
 use crate::options::{CommonFlags, FilterFlags};
 use crate::output::{Io, ms, name_grid, progress};
 
-/// Requests to at most this many discovered nodes go to each node's own subject rather than
-/// as one broadcast (MCollective's direct_addressing_threshold).
-const DIRECT_THRESHOLD: usize = 10;
-
 /// Options of `cohort rpc`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RpcArgs {
@@ -140,10 +136,14 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         .as_ref()
         .map_or(Duration::from_secs(10), |ddl| Duration::from_secs_f64(ddl.metadata.timeout));
     let timeout = settings.timeout.unwrap_or(ddl_timeout + settings.discovery_timeout);
-    let targets = if !discovered.networked || discovered.nodes.len() <= DIRECT_THRESHOLD {
-        Targets::Direct(discovered.nodes.clone())
-    } else {
+    // Literal identities go to each node's own subject. Discovered nodes get one broadcast
+    // carrying the filter, even when few: a matching node that answered discovery late still
+    // acts and is reported (as unexpected), where MCollective's direct addressing of small
+    // sets would have silently left it out.
+    let targets = if discovered.networked {
         Targets::Broadcast { expected: discovered.nodes.clone() }
+    } else {
+        Targets::Direct(discovered.nodes.clone())
     };
     let bar = progress(discovered.nodes.len(), io.err_tty && !args.no_progress && !args.json);
     let call = Call {
