@@ -158,11 +158,16 @@ impl ExternalAgent {
             let mut err = Vec::new();
             let mut limited_out = stdout.take(max as u64 + 1);
             let mut limited_err = stderr.take(64 * 1024);
-            let (read, _) =
-                tokio::join!(limited_out.read_to_end(&mut out), limited_err.read_to_end(&mut err));
-            if out.len() > max {
-                kill_group(pgid);
-            }
+            let read_out = async {
+                let read = limited_out.read_to_end(&mut out).await;
+                // Over the cap: stop the agent now rather than wait, until the timeout, for it
+                // to finish writing into a pipe nobody reads.
+                if out.len() > max {
+                    kill_group(pgid);
+                }
+                read
+            };
+            let (read, _) = tokio::join!(read_out, limited_err.read_to_end(&mut err));
             let status = child.wait().await;
             (read.map(|_| out), err, status)
         };
@@ -282,3 +287,6 @@ fn parse_reply(out: &[u8], exit: std::process::ExitStatus, stderr_tail: &str) ->
     }
     Outcome { status, message, data }
 }
+
+#[cfg(test)]
+mod tests;

@@ -74,8 +74,8 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     tour_step(
                         io,
                         &url,
-                        "cohort rpc rpcutil get_fact fact=os.name -W 'role::web country=us'",
-                        &["rpc", "rpcutil", "get_fact", "fact=os.name", "-W", "role::web country=us", "--np"],
+                        "cohort rpc rpcutil get_fact fact=os.name -C role::web",
+                        &["rpc", "rpcutil", "get_fact", "fact=os.name", "-C", "role::web", "--np"],
                     )
                     .await?;
                     anyhow::Ok(())

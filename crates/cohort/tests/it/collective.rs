@@ -90,6 +90,33 @@ fn collective_end_to_end(kind: BrokerKind) {
     let mut fleet = Fleet::start(kind, NODES);
     let all = ["web1.example.com", "web2.example.com", "db1.example.com"];
 
+    // Every node registers on cohort.registration (every second in these tests).
+    let registered = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::StreamExt;
+        let client = async_nats::connect(&fleet.url).await.unwrap();
+        let mut registrations = client.subscribe("cohort.registration").await.unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < 3 {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, registrations.next()).await
+            else {
+                break;
+            };
+            let registration = cohort_proto::Registration::from_bytes(&message.payload).unwrap();
+            seen.insert(registration.identity.to_string(), registration);
+        }
+        seen
+    });
+    assert_eq!(
+        registered.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["db1.example.com", "web1.example.com", "web2.example.com"]
+    );
+    let db1 = &registered["db1.example.com"];
+    assert_eq!(db1.classes, ["role::db", "profile::base", "bacula::node"]);
+    assert_eq!(db1.facts["country"], "de");
+    assert!(db1.agents.iter().any(|a| a.as_str() == "shell"));
+    assert_eq!(db1.collectives.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["cohort", "eu"]);
+
     // ping: every node, with times, then the statistics.
     let output = fleet.cli(&["ping"]);
     let text = stdout(&output);

@@ -4,5 +4,6 @@
 
 mod broker;
 mod collective;
+mod demo;
 mod fleet;
 mod process;
