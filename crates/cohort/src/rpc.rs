@@ -195,11 +195,11 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
 
 fn exit_code(discovered: &Discovered, result: &CallResult) -> ExitCode {
     let stats = &result.stats;
-    let code = if !discovered.networked && stats.responses == 0 && discovered.nodes.is_empty() {
+    let code = if !discovered.networked && stats.responses == 0 {
         4
     } else if discovered.nodes.is_empty() && stats.responses == 0 {
         1
-    } else if !discovered.nodes.is_empty() && stats.responses == 0 {
+    } else if stats.responses == 0 {
         3
     } else if stats.failed > 0 || !stats.no_responses.is_empty() {
         2

@@ -249,6 +249,28 @@ fn collective_end_to_end(kind: BrokerKind) {
     let (json, _) = rpc_json(&fleet, &["rpcutil", "ping", "-I", "db1.example.com"]);
     assert_eq!(statuses(&json), [("db1.example.com".to_owned(), 0)]);
 
+    // Exit codes 3 (discovered, nobody answered in time) and 4 (no discovery, no answer).
+    let pidfile2 = fleet.dir.path().join("sleeper2.pid");
+    let output = fleet.cli(&[
+        "rpc",
+        "shell",
+        "hang",
+        &format!("pidfile={}", pidfile2.display()),
+        "-C",
+        "role::db",
+        "-t",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+    assert!(stdout(&output).contains("Finished processing 0 / 1 hosts"), "{}", stdout(&output));
+    let output = fleet.cli(&["rpc", "rpcutil", "ping", "-I", "ghost.example.com", "-t", "1"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("No response from:\n\n    ghost.example.com"),
+        "{}",
+        stdout(&output)
+    );
+
     // rpcutil through the CLI, JSON output parsed.
     let (json, code) = rpc_json(&fleet, &["rpcutil", "get_fact", "fact=os.release.major"]);
     assert_eq!(code, Some(0));

@@ -7,3 +7,4 @@ mod collective;
 mod demo;
 mod fleet;
 mod process;
+mod tidy;
