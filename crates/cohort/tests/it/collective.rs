@@ -355,4 +355,9 @@ fn collective_end_to_end(kind: BrokerKind) {
     );
     assert_eq!(json["stats"]["no_responses"], serde_json::json!(["web2.example.com"]));
     find(&fleet, &[], &["web1.example.com", "db1.example.com"]);
+
+    // The broker goes away and comes back: the nodes reconnect and answer again, unattended.
+    fleet.restart_broker();
+    fleet.wait_for(2);
+    find(&fleet, &["-F", "country=de"], &["db1.example.com"]);
 }

@@ -16,10 +16,10 @@ pub enum BrokerKind {
     Nats,
 }
 
-/// Held only to keep the broker running (and to stop it, by PID, on drop).
+/// The broker process, stopped by PID on drop.
 pub enum Broker {
-    Cohort(#[allow(dead_code)] Daemon),
-    Nats(#[allow(dead_code)] NatsServer),
+    Cohort(Daemon),
+    Nats(NatsServer),
 }
 
 pub struct Node {
@@ -174,6 +174,30 @@ impl Fleet {
         let mut command = cohort();
         command.args(args).arg("-c").arg(&self.client_config);
         command.output().unwrap()
+    }
+
+    /// Stops the broker and starts it again on the same address; nodes must reconnect alone.
+    pub fn restart_broker(&mut self) {
+        let addr: SocketAddr = self.url.trim_start_matches("nats://").parse().unwrap();
+        match &mut self._broker {
+            Broker::Cohort(daemon) => {
+                daemon.signal("TERM");
+                assert!(daemon.wait_exit(Duration::from_secs(10)).is_some(), "broker did not stop");
+                std::thread::sleep(Duration::from_millis(500));
+                let mut command = cohort();
+                command.args(["broker", "--listen", &addr.to_string()]);
+                *daemon = Daemon::spawn(command);
+            }
+            Broker::Nats(server) => {
+                server.stop();
+                std::thread::sleep(Duration::from_millis(500));
+                *server = NatsServer::start_on("", addr.port());
+            }
+        }
+        assert!(
+            wait_for_listener(addr, Duration::from_secs(10)),
+            "broker did not come back on {addr}"
+        );
     }
 
     pub fn node(&self, name: &str) -> &Node {
