@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cohort_proto::{Collective, Identity};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Everything a node can be told.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -24,20 +24,20 @@ pub struct Config {
     /// Directory of external agents, one sub-directory per agent.
     pub agents_dir: Option<PathBuf>,
     /// Seconds between registration messages; 0 turns registration off.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub registration_interval: Duration,
     /// Actions running at once; further requests wait.
     pub max_concurrent_actions: usize,
     /// How often fact and class files are checked for changes.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub facts_refresh: Duration,
     /// Largest reply an external agent may write, in bytes.
     pub max_agent_output: usize,
     /// How far a request's time may be ahead of the node's clock.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
     /// How long shutdown waits for running actions.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
 
@@ -76,12 +76,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text)
-        .map_err(|err| serde::de::Error::custom(format!("invalid duration {text:?}: {err}")))
 }
 
 impl Config {
