@@ -2,6 +2,7 @@
 //! flags, sets up logging and hands over to one module per subcommand, which in turn call the
 //! library crates.
 
+mod boot;
 mod broker;
 mod daemon;
 mod demo;
@@ -37,6 +38,8 @@ enum Command {
     Rpc(rpc::RpcArgs),
     /// Start a broker and a simulated fleet in this process and tour the commands.
     Demo(demo::DemoArgs),
+    /// First-boot setup of a cloud instance from user data and metadata.
+    Boot(boot::BootArgs),
 }
 
 /// Client commands, shared by `main` and the demo tour.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Find(args) => client_runtime(ClientCommand::Find(args)),
         Command::Rpc(args) => client_runtime(ClientCommand::Rpc(args)),
         Command::Demo(args) => demo::run(args),
+        Command::Boot(args) => boot::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,9 +2,11 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod boot;
 mod broker;
 mod collective;
 mod demo;
 mod fleet;
+mod imds;
 mod process;
 mod tidy;

@@ -1,0 +1,432 @@
+//! The actions user data can ask for.
+//!
+//! Built in: `getactions` (install action scripts listed in a `list.txt`, with optional sha256
+//! pins), `shell` (a command, with a timeout), `write_file`, and `cohort` (write the daemon's
+//! configuration; enable and start it when systemd is present). Any other type runs the
+//! installed script of that name with the action's parameters as JSON on stdin. Every process runs
+//! in its own process group, killed whole on timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Layout;
+use crate::http::Http;
+use crate::layout::write_atomic;
+use crate::userdata::Action;
+
+/// What an action may use.
+pub struct Context<'a> {
+    /// Paths.
+    pub layout: &'a Layout,
+    /// HTTP with the boot's retry policy.
+    pub http: &'a Http,
+    /// The instance.
+    pub instance_id: &'a str,
+    /// `--require-checksums`: every `getactions` entry must pin a sha256.
+    pub require_checksums: bool,
+    /// The facts file as the running system sees it (for the daemon configuration).
+    pub facts_file: &'a str,
+}
+
+/// Default time an action's process may run.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How much of an action's output is kept for `cohort boot status`.
+const TAIL: usize = 4096;
+
+fn param<'a>(action: &'a Action, key: &str) -> Option<&'a Value> {
+    action.params.get(key)
+}
+
+fn string_param(action: &Action, key: &str) -> Result<Option<String>, String> {
+    match param(action, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(other) => Err(format!("{}: `{key}` must be a string, not {other}", action.name)),
+    }
+}
+
+fn required(action: &Action, key: &str) -> Result<String, String> {
+    string_param(action, key)?
+        .ok_or_else(|| format!("{}: `{key}` is required for a {} action", action.name, action.kind))
+}
+
+fn timeout_param(action: &Action) -> Result<Duration, String> {
+    match param(action, "timeout") {
+        None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT),
+        Some(value) => value
+            .as_f64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "{}: `timeout` must be a positive number of seconds, not {value}",
+                    action.name
+                )
+            }),
+    }
+}
+
+/// Runs one action. `Ok` carries the tail of its output; `Err` why it failed.
+pub async fn run(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
+    match action.kind.as_str() {
+        "getactions" => getactions(ctx, action).await,
+        "shell" => {
+            let command = required(action, "command")?;
+            let mut process = tokio::process::Command::new("/bin/sh");
+            process.arg("-c").arg(&command);
+            run_process(ctx, process, None, timeout_param(action)?).await
+        }
+        "write_file" => write_file(ctx, action),
+        "cohort" => cohort(ctx, action).await,
+        other => {
+            let script = ctx.layout.actions.join(other);
+            if !is_executable(&script) {
+                return Err(format!(
+                    "no action named {other:?}: not built in, and no executable {} (install it with getactions)",
+                    script.display()
+                ));
+            }
+            let input = serde_json::to_vec(&action.params).map_err(|err| err.to_string())?;
+            run_process(
+                ctx,
+                tokio::process::Command::new(&script),
+                Some(input),
+                timeout_param(action)?,
+            )
+            .await
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| {
+        meta.is_file() && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0
+    })
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(TAIL);
+    let text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+    text.trim_end().to_owned()
+}
+
+async fn run_process(
+    ctx: &Context<'_>,
+    mut command: tokio::process::Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<String, String> {
+    command
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("COHORT_BOOT_ROOT", &ctx.layout.root)
+        .env("COHORT_BOOT_USER_DATA", ctx.layout.user_data_cache())
+        .env("COHORT_BOOT_METADATA", ctx.layout.metadata_cache())
+        .env("COHORT_BOOT_INSTANCE_ID", ctx.instance_id)
+        .env("COHORT_BOOT_FACTS", &ctx.layout.facts_file)
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|err| format!("cannot start: {err}"))?;
+    let pgid = child.id();
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        if let (Some(stdin), Some(input)) = (stdin.as_mut(), input) {
+            let _ = stdin.write_all(&input).await;
+        }
+        drop(stdin);
+        // Output is interleaved as it comes; both pipes are drained at once so neither fills.
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let read_out = async {
+            if let Some(mut stdout) = stdout {
+                let _ = stdout.read_to_end(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_end(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        out.extend_from_slice(&err);
+        (out, status)
+    };
+    let Ok((output, status)) = tokio::time::timeout(timeout, work).await else {
+        kill_group(pgid);
+        return Err(format!("timed out after {timeout:?}; killed"));
+    };
+    kill_group(pgid);
+    for line in String::from_utf8_lossy(&output).lines() {
+        crate::log::info(&format!("  | {line}"));
+    }
+    let status = status.map_err(|err| err.to_string())?;
+    if status.success() {
+        Ok(tail(&output))
+    } else {
+        let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => "failed".to_owned(),
+        };
+        let last = tail(&output).lines().last().map(|l| format!(": {l}")).unwrap_or_default();
+        Err(format!("{how}{last}"))
+    }
+}
+
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pgid) = pgid.and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// `base` + `name`, keeping a query string of `base` (ec2-boot-init dropped it).
+fn join_url(base: &str, name: &str) -> String {
+    let (path, query) = match base.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (base, None),
+    };
+    let mut url = path.to_owned();
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    url.push_str(name);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// One entry of `list.txt`: `name` or `name sha256:<hex>`.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    sha256: Option<String>,
+}
+
+fn parse_list(text: &str) -> Result<Vec<Entry>, String> {
+    let mut entries = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let name = parts.next().unwrap_or_default().to_owned();
+        if name.starts_with('.')
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(format!("list line {}: {name:?} is not a plain file name", idx + 1));
+        }
+        let sha256 = match parts.next() {
+            None => None,
+            Some(pin) => match pin.strip_prefix("sha256:") {
+                Some(hex) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    Some(hex.to_ascii_lowercase())
+                }
+                _ => {
+                    return Err(format!(
+                        "list line {}: {pin:?} is not sha256:<64 hex digits>",
+                        idx + 1
+                    ));
+                }
+            },
+        };
+        if parts.next().is_some() {
+            return Err(format!("list line {}: expected `name [sha256:<hex>]`", idx + 1));
+        }
+        entries.push(Entry { name, sha256 });
+    }
+    Ok(entries)
+}
+
+async fn getactions(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
+    let url = required(action, "url")?;
+    let list_name = string_param(action, "list")?.unwrap_or_else(|| "list.txt".to_owned());
+    let list_url = join_url(&url, &list_name);
+    crate::log::info(&format!("fetching action list {list_url}"));
+    let list = ctx.http.get(&list_url).await.map_err(|err| err.to_string())?;
+    let entries = parse_list(&String::from_utf8_lossy(&list))?;
+    if ctx.require_checksums
+        && let Some(entry) = entries.iter().find(|e| e.sha256.is_none())
+    {
+        return Err(format!("{}: no sha256 pin, and --require-checksums is set", entry.name));
+    }
+    // Everything is fetched and verified before anything is installed: a bad list installs nothing.
+    let mut fetched = Vec::new();
+    for entry in &entries {
+        let script_url = join_url(&url, &entry.name);
+        let body = ctx.http.get(&script_url).await.map_err(|err| err.to_string())?;
+        if let Some(want) = &entry.sha256 {
+            let got = hex::encode(Sha256::digest(&body));
+            if &got != want {
+                return Err(format!(
+                    "{}: sha256 mismatch: expected {want}, got {got}; nothing installed",
+                    entry.name
+                ));
+            }
+        }
+        fetched.push((entry.name.clone(), body));
+    }
+    let mut installed = Vec::new();
+    for (name, body) in fetched {
+        let path = ctx.layout.actions.join(&name);
+        write_atomic(&path, &body, 0o755).map_err(|err| format!("{}: {err}", path.display()))?;
+        installed.push(name);
+    }
+    Ok(format!("installed {} action script(s): {}", installed.len(), installed.join(", ")))
+}
+
+fn write_file(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
+    let path = required(action, "path")?;
+    if !path.starts_with('/') || path.split('/').any(|part| part == "..") {
+        return Err(format!("{}: `path` must be absolute without '..', not {path:?}", action.name));
+    }
+    let content = string_param(action, "content")?.unwrap_or_default();
+    let mode_text = string_param(action, "mode")?.unwrap_or_else(|| "0644".to_owned());
+    let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o7777)
+        .ok_or_else(|| {
+            format!("{}: `mode` must be octal like 0640, not {mode_text:?}", action.name)
+        })?;
+    let target = ctx.layout.under_root(&path);
+    let owner = string_param(action, "owner")?.map(|owner| resolve_owner(&owner)).transpose()?;
+    write_atomic(&target, content.as_bytes(), mode)
+        .map_err(|err| format!("{}: {err}", target.display()))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(&target, Some(uid), gid)
+            .map_err(|err| format!("{}: chown: {err}", target.display()))?;
+    }
+    Ok(format!("wrote {path} ({} bytes, mode {mode:04o})", content.len()))
+}
+
+fn resolve_owner(owner: &str) -> Result<(nix::unistd::Uid, Option<nix::unistd::Gid>), String> {
+    let (user, group) = match owner.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (owner, None),
+    };
+    let user = nix::unistd::User::from_name(user)
+        .map_err(|err| err.to_string())?
+        .ok_or_else(|| format!("owner: no user {user:?}"))?;
+    let gid = match group {
+        Some(group) => Some(
+            nix::unistd::Group::from_name(group)
+                .map_err(|err| err.to_string())?
+                .ok_or_else(|| format!("owner: no group {group:?}"))?
+                .gid,
+        ),
+        None => Some(user.gid),
+    };
+    Ok((user.uid, gid))
+}
+
+fn string_list(action: &Action, key: &str) -> Result<Option<Vec<String>>, String> {
+    match param(action, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(one)) => Ok(Some(vec![one.clone()])),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{}: `{key}` must be a list of strings", action.name))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => {
+            Err(format!("{}: `{key}` must be a list of strings, not {other}", action.name))
+        }
+    }
+}
+
+async fn cohort(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
+    let brokers = string_list(action, "brokers")?.filter(|b| !b.is_empty()).ok_or_else(|| {
+        format!(
+            "{}: `brokers` (a list of broker URLs) is required for a cohort action",
+            action.name
+        )
+    })?;
+    let mut config = Map::new();
+    config.insert("brokers".into(), Value::from(brokers));
+    if let Some(identity) = string_param(action, "identity")? {
+        config.insert("identity".into(), Value::from(identity));
+    }
+    let collectives =
+        string_list(action, "collectives")?.unwrap_or_else(|| vec!["cohort".to_owned()]);
+    config.insert("collectives".into(), Value::from(collectives));
+    let facts = string_list(action, "facts")?.unwrap_or_else(|| vec![ctx.facts_file.to_owned()]);
+    config.insert("facts".into(), Value::from(facts));
+    for key in ["classes", "agents_dir", "registration_interval"] {
+        if let Some(value) = string_param(action, key)? {
+            config.insert(key.into(), Value::from(value));
+        }
+    }
+    let text = toml::to_string(&config).map_err(|err| err.to_string())?;
+    let path = &ctx.layout.daemon_config;
+    write_atomic(
+        path,
+        format!("# Written by cohort boot for instance {}.\n{text}", ctx.instance_id).as_bytes(),
+        0o644,
+    )
+    .map_err(|err| format!("{}: {err}", path.display()))?;
+    let mut output = format!("wrote {}", path.display());
+    if ctx.layout.under_root("/run/systemd/system").is_dir() {
+        let mut command = tokio::process::Command::new("systemctl");
+        command.args(["enable", "--now", "cohort-daemon.service"]);
+        let started = run_process(ctx, command, None, Duration::from_secs(120)).await?;
+        output.push_str(&format!("; enabled and started cohort-daemon.service {started}"));
+    } else {
+        output.push_str("; systemd not running here, daemon not started");
+    }
+    Ok(output)
+}
+
+/// The semaphore file of `action` for this instance.
+pub fn semaphore(layout: &Layout, instance_id: &str, action: &Action) -> PathBuf {
+    layout.semaphores(instance_id).join(&action.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parsing() {
+        let pin = "a".repeat(64);
+        let text = format!("# actions\n\npuppet\nmonitoring.sh sha256:{pin}\n");
+        assert_eq!(
+            parse_list(&text).unwrap(),
+            [
+                Entry { name: "puppet".into(), sha256: None },
+                Entry { name: "monitoring.sh".into(), sha256: Some(pin) }
+            ]
+        );
+        assert!(parse_list("../etc/passwd\n").unwrap_err().contains("line 1"));
+        assert!(parse_list(".hidden\n").is_err());
+        assert!(parse_list("x sha256:abc\n").unwrap_err().contains("64 hex"));
+        assert!(parse_list("x y z\n").is_err());
+    }
+
+    #[test]
+    fn urls_keep_query_strings() {
+        assert_eq!(join_url("http://h/actions", "list.txt"), "http://h/actions/list.txt");
+        assert_eq!(join_url("http://h/actions/", "list.txt"), "http://h/actions/list.txt");
+        assert_eq!(join_url("https://h/a?sig=x&e=1", "list.txt"), "https://h/a/list.txt?sig=x&e=1");
+    }
+}
