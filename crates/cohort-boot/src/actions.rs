@@ -7,12 +7,10 @@
 //! in its own process group, killed whole on timeout.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Layout;
 use crate::http::Http;
@@ -37,6 +35,8 @@ pub struct Context<'a> {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How much of an action's output is kept for `cohort boot status`.
 const TAIL: usize = 4096;
+/// Most output an action may write before it is stopped.
+const OUTPUT_CAP: usize = 16 << 20;
 
 fn param<'a>(action: &'a Action, key: &str) -> Option<&'a Value> {
     action.params.get(key)
@@ -125,72 +125,24 @@ async fn run_process(
     timeout: Duration,
 ) -> Result<String, String> {
     command
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .env("COHORT_BOOT_ROOT", &ctx.layout.root)
         .env("COHORT_BOOT_USER_DATA", ctx.layout.user_data_cache())
         .env("COHORT_BOOT_METADATA", ctx.layout.metadata_cache())
         .env("COHORT_BOOT_INSTANCE_ID", ctx.instance_id)
-        .env("COHORT_BOOT_FACTS", &ctx.layout.facts_file)
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|err| format!("cannot start: {err}"))?;
-    let pgid = child.id();
-    let mut stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let work = async {
-        if let (Some(stdin), Some(input)) = (stdin.as_mut(), input) {
-            let _ = stdin.write_all(&input).await;
-        }
-        drop(stdin);
-        // Output is interleaved as it comes; both pipes are drained at once so neither fills.
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let read_out = async {
-            if let Some(mut stdout) = stdout {
-                let _ = stdout.read_to_end(&mut out).await;
-            }
-        };
-        let read_err = async {
-            if let Some(mut stderr) = stderr {
-                let _ = stderr.read_to_end(&mut err).await;
-            }
-        };
-        tokio::join!(read_out, read_err);
-        let status = child.wait().await;
-        out.extend_from_slice(&err);
-        (out, status)
-    };
-    let Ok((output, status)) = tokio::time::timeout(timeout, work).await else {
-        kill_group(pgid);
-        return Err(format!("timed out after {timeout:?}; killed"));
-    };
-    kill_group(pgid);
+        .env("COHORT_BOOT_FACTS", &ctx.layout.facts_file);
+    let finished = cohort_exec::run(command, input, timeout, OUTPUT_CAP)
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut output = finished.stdout.clone();
+    output.extend_from_slice(&finished.stderr);
     for line in String::from_utf8_lossy(&output).lines() {
         crate::log::info(&format!("  | {line}"));
     }
-    let status = status.map_err(|err| err.to_string())?;
-    if status.success() {
+    if finished.status.success() {
         Ok(tail(&output))
     } else {
-        let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => format!("killed by signal {signal}"),
-            _ => "failed".to_owned(),
-        };
         let last = tail(&output).lines().last().map(|l| format!(": {l}")).unwrap_or_default();
-        Err(format!("{how}{last}"))
-    }
-}
-
-fn kill_group(pgid: Option<u32>) {
-    if let Some(pgid) = pgid.and_then(|pid| i32::try_from(pid).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        Err(format!("{}{last}", finished.describe_exit()))
     }
 }
 

@@ -18,13 +18,11 @@
 //! JSON becomes a status-5 reply naming the cause; the daemon itself is never affected.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use cohort_ddl::AgentDdl;
 use cohort_proto::StatusCode;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agent::{ActionRequest, Agent, CallFuture, Context, Outcome};
 
@@ -121,118 +119,54 @@ impl ExternalAgent {
         });
         let mut command = tokio::process::Command::new(&self.executable);
         command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .current_dir(self.executable.parent().unwrap_or(Path::new("/")))
             .env("COHORT_AGENT", &request.agent)
             .env("COHORT_ACTION", &request.action)
             .env("COHORT_REQUEST_ID", request.id.as_str())
-            .env("COHORT_CALLER", &request.caller)
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(err) => {
+            .env("COHORT_CALLER", &request.caller);
+        let body = serde_json::to_vec(&input).unwrap_or_default();
+        let finished = match cohort_exec::run(command, Some(body), request.timeout, self.max_output)
+            .await
+        {
+            Ok(finished) => finished,
+            Err(cohort_exec::ExecError::TimedOut(timeout)) => {
                 return Outcome::fail(
                     StatusCode::UnknownError,
-                    format!("cannot run {}: {err}", self.executable.display()),
+                    format!("agent {} timed out after {timeout:?} and was killed", request.agent),
                 );
             }
-        };
-        let pgid = child.id();
-        let (Some(mut stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            kill_group(pgid);
-            return Outcome::fail(StatusCode::UnknownError, "agent pipes unavailable");
-        };
-        let body = serde_json::to_vec(&input).unwrap_or_default();
-        let max = self.max_output;
-        let work = async {
-            // The agent may exit without reading its input; that is its business.
-            let _ = stdin.write_all(&body).await;
-            drop(stdin);
-            // Both pipes at once: an agent filling one while we wait on the other would stall.
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let mut limited_out = stdout.take(max as u64 + 1);
-            let mut limited_err = stderr.take(64 * 1024);
-            let read_out = async {
-                let read = limited_out.read_to_end(&mut out).await;
-                // Over the cap: stop the agent now rather than wait, until the timeout, for it
-                // to finish writing into a pipe nobody reads.
-                if out.len() > max {
-                    kill_group(pgid);
-                }
-                read
-            };
-            let (read, _) = tokio::join!(read_out, limited_err.read_to_end(&mut err));
-            let status = child.wait().await;
-            (read.map(|_| out), err, status)
-        };
-        let Ok((out, err, status)) = tokio::time::timeout(request.timeout, work).await else {
-            kill_group(pgid);
-            return Outcome::fail(
-                StatusCode::UnknownError,
-                format!(
-                    "agent {} timed out after {:?} and was killed",
-                    request.agent, request.timeout
-                ),
-            );
-        };
-        // Whatever the agent started in the background dies with its group.
-        kill_group(pgid);
-        let stderr_tail =
-            String::from_utf8_lossy(&err).lines().last().unwrap_or_default().to_owned();
-        if !err.is_empty() {
-            tracing::warn!(agent = %request.agent, action = %request.action, "agent stderr: {}", String::from_utf8_lossy(&err).trim_end());
-        }
-        let out = match out {
-            Ok(out) if out.len() > max => {
+            Err(cohort_exec::ExecError::OutputTooLarge(max)) => {
                 return Outcome::fail(
                     StatusCode::UnknownError,
                     format!("agent output exceeds {max} bytes"),
                 );
             }
-            Ok(out) => out,
             Err(err) => {
                 return Outcome::fail(
                     StatusCode::UnknownError,
-                    format!("reading agent output: {err}"),
+                    format!("agent {}: {err}", self.executable.display()),
                 );
             }
         };
-        let exit = match status {
-            Ok(status) => status,
-            Err(err) => {
-                return Outcome::fail(
-                    StatusCode::UnknownError,
-                    format!("waiting for agent: {err}"),
-                );
-            }
-        };
-        parse_reply(&out, exit, &stderr_tail)
-    }
-}
-
-fn kill_group(pgid: Option<u32>) {
-    if let Some(pgid) = pgid.and_then(|pid| i32::try_from(pid).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let stderr_tail =
+            String::from_utf8_lossy(&finished.stderr).lines().last().unwrap_or_default().to_owned();
+        if !finished.stderr.is_empty() {
+            tracing::warn!(
+                agent = %request.agent,
+                action = %request.action,
+                "agent stderr: {}",
+                String::from_utf8_lossy(&finished.stderr).trim_end()
+            );
+        }
+        parse_reply(&finished, &stderr_tail)
     }
 }
 
 /// Interprets what an external agent wrote and how it exited.
-fn parse_reply(out: &[u8], exit: std::process::ExitStatus, stderr_tail: &str) -> Outcome {
-    let describe_exit = || match (exit.code(), std::os::unix::process::ExitStatusExt::signal(&exit))
-    {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "ended abnormally".to_owned(),
-    };
+fn parse_reply(finished: &cohort_exec::Finished, stderr_tail: &str) -> Outcome {
+    let out = &finished.stdout[..];
+    let exit = finished.status;
+    let describe_exit = || finished.describe_exit();
     if out.iter().all(u8::is_ascii_whitespace) {
         let mut message = format!("agent {} without a reply", describe_exit());
         if !stderr_tail.is_empty() {

@@ -1,0 +1,181 @@
+//! Running one child process the way every part of Cohort needs it: in its own process group,
+//! with input on stdin, stdout and stderr drained together (so neither pipe can fill and stall
+//! it), a cap on stdout, and a deadline after which the whole group is killed, grandchildren
+//! included. After it exits the group is killed too, so nothing it left in the background lingers.
+//!
+//! Used by external agents, the nrpe agent and the boot helper's actions.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A process that ran to its end.
+#[derive(Debug)]
+pub struct Finished {
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr (the last part, if it wrote a lot).
+    pub stderr: Vec<u8>,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+impl Finished {
+    /// `exited with status 3`, `was killed by signal 9`.
+    pub fn describe_exit(&self) -> String {
+        match (self.status.code(), std::os::unix::process::ExitStatusExt::signal(&self.status)) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            _ => "ended abnormally".to_owned(),
+        }
+    }
+}
+
+/// Why a process did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// It could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(std::io::Error),
+    /// It ran past its deadline and was killed with its process group.
+    #[error("timed out after {0:?} and was killed")]
+    TimedOut(Duration),
+    /// It wrote more than the cap to stdout and was killed.
+    #[error("output exceeds {0} bytes")]
+    OutputTooLarge(usize),
+    /// Waiting for it failed.
+    #[error("waiting for it: {0}")]
+    Wait(std::io::Error),
+}
+
+/// Most stderr kept.
+const STDERR_CAP: u64 = 64 * 1024;
+
+/// Runs `command` (whose program, arguments, environment and directory the caller set).
+pub async fn run(
+    mut command: tokio::process::Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    max_stdout: usize,
+) -> Result<Finished, ExecError> {
+    command
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(ExecError::Spawn)?;
+    let pgid = child.id();
+    let input = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
+            // The child may exit without reading its input; that is its business.
+            let _ = pipe.write_all(&bytes).await;
+        }
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let read_out = async {
+            if let Some(stdout) = stdout {
+                let _ = stdout.take(max_stdout as u64 + 1).read_to_end(&mut out).await;
+            }
+            // Over the cap: stop it now rather than wait for it to block on a full pipe.
+            if out.len() > max_stdout {
+                kill_group(pgid);
+            }
+        };
+        let read_err = async {
+            if let Some(stderr) = stderr {
+                let _ = stderr.take(STDERR_CAP).read_to_end(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        (out, err, status)
+    };
+    let Ok((stdout, stderr, status)) = tokio::time::timeout(timeout, work).await else {
+        kill_group(pgid);
+        return Err(ExecError::TimedOut(timeout));
+    };
+    // Whatever it started in the background dies with its group.
+    kill_group(pgid);
+    if stdout.len() > max_stdout {
+        return Err(ExecError::OutputTooLarge(max_stdout));
+    }
+    let status = status.map_err(ExecError::Wait)?;
+    Ok(Finished { stdout, stderr, status })
+}
+
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pgid) = pgid.and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command.arg("-c").arg(script);
+        command
+    }
+
+    #[tokio::test]
+    async fn output_status_and_input() {
+        let done = run(
+            sh("cat; echo err >&2; exit 4"),
+            Some(b"in".to_vec()),
+            Duration::from_secs(5),
+            1024,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.stdout, b"in");
+        assert_eq!(done.stderr, b"err\n");
+        assert_eq!(done.describe_exit(), "exited with status 4");
+    }
+
+    #[tokio::test]
+    async fn deadline_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let err = run(sh(&script), None, Duration::from_millis(300), 1024).await.unwrap_err();
+        assert!(matches!(err, ExecError::TimedOut(_)), "{err}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("grandchild {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn output_cap() {
+        let err = run(sh("yes"), None, Duration::from_secs(5), 4096).await.unwrap_err();
+        assert!(matches!(err, ExecError::OutputTooLarge(4096)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_program() {
+        let err = run(
+            tokio::process::Command::new("/nonexistent/program"),
+            None,
+            Duration::from_secs(1),
+            10,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ExecError::Spawn(_)));
+    }
+}
