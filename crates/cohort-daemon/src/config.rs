@@ -39,6 +39,15 @@ pub struct Config {
     /// How long shutdown waits for running actions.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// NRPE configuration files the nrpe agent reads (includes followed).
+    pub nrpe_config: Vec<PathBuf>,
+    /// How long one NRPE check may run.
+    #[serde(with = "humantime_serde")]
+    pub nrpe_timeout: Duration,
+    /// Whether NRPE command arguments (`$ARGn$`) are accepted (shell-safe values only).
+    pub nrpe_allow_arguments: bool,
+    /// Where to look for Puppet's state (`puppet_enabled` and friends), first found wins.
+    pub puppet_state_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -58,6 +67,10 @@ impl Default for Config {
             max_agent_output: 1024 * 1024,
             clock_skew: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            nrpe_config: vec![PathBuf::from("/etc/nagios/nrpe.cfg")],
+            nrpe_timeout: Duration::from_secs(60),
+            nrpe_allow_arguments: false,
+            puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -107,6 +120,9 @@ impl Config {
         }
         if self.facts_refresh.is_zero() {
             return invalid("facts_refresh", "must be longer than zero");
+        }
+        if self.nrpe_timeout.is_zero() {
+            return invalid("nrpe_timeout", "must be longer than zero");
         }
         if self.max_agent_output < 1024 {
             return invalid("max_agent_output", "must be at least 1024 bytes");

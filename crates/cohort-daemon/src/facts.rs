@@ -226,6 +226,43 @@ fn networking() -> Value {
     serde_json::json!({ "ip": primary, "addresses": addresses, "interfaces": interfaces })
 }
 
+/// Where Puppet keeps its state, in the order looked at: Puppet 7 all-in-one packages, then
+/// Debian's and older packages.
+pub const PUPPET_STATE_DIRS: [&str; 3] =
+    ["/opt/puppetlabs/puppet/cache/state", "/var/cache/puppet/state", "/var/lib/puppet/state"];
+
+/// `puppet_enabled` and friends, from the first Puppet state directory that exists:
+///
+/// - `puppet_enabled`: `0` when the agent is disabled (`agent_disabled.lock` exists, as
+///   `puppet agent --disable` writes it), else `1`;
+/// - `puppet_disabled_message`: the reason given to `--disable` (Puppet 7 writes
+///   `{"disabled_message": "..."}`), when disabled;
+/// - `puppet_running`: `1` while a catalog run holds `agent_catalog_run.lock`, else `0`;
+/// - `puppet_state_dir`: the directory used.
+///
+/// No fact at all when no state directory exists: a node without Puppet is not "enabled".
+pub fn puppet_facts(state_dirs: &[PathBuf]) -> Map<String, Value> {
+    let mut facts = Map::new();
+    let Some(dir) = state_dirs.iter().find(|dir| dir.is_dir()) else { return facts };
+    let lock = dir.join("agent_disabled.lock");
+    let disabled = lock.exists();
+    facts.insert("puppet_enabled".into(), Value::from(if disabled { "0" } else { "1" }));
+    if disabled {
+        let message = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|json| {
+                json.get("disabled_message").and_then(Value::as_str).map(str::to_owned)
+            })
+            .unwrap_or_default();
+        facts.insert("puppet_disabled_message".into(), Value::from(message));
+    }
+    let running = dir.join("agent_catalog_run.lock").exists();
+    facts.insert("puppet_running".into(), Value::from(if running { "1" } else { "0" }));
+    facts.insert("puppet_state_dir".into(), Value::from(dir.display().to_string()));
+    facts
+}
+
 /// Where a node's facts come from: core facts, then fact files in order, then a classes file;
 /// remembers file modification times to notice changes.
 #[derive(Debug)]
@@ -233,6 +270,7 @@ pub struct FactSource {
     core: Map<String, Value>,
     files: Vec<PathBuf>,
     classes: Option<PathBuf>,
+    puppet_state_dirs: Vec<PathBuf>,
     seen: Vec<Option<(SystemTime, u64)>>,
     current: Facts,
 }
@@ -249,7 +287,21 @@ impl FactSource {
         files: Vec<PathBuf>,
         classes: Option<PathBuf>,
     ) -> FactSource {
-        FactSource { core, files, classes, seen: Vec::new(), current: Facts::default() }
+        FactSource {
+            core,
+            files,
+            classes,
+            puppet_state_dirs: Vec::new(),
+            seen: Vec::new(),
+            current: Facts::default(),
+        }
+    }
+
+    /// Also derives the `puppet_*` facts from these state directories, re-checked with the
+    /// files (so `puppet agent --disable` shows in discovery within a refresh).
+    pub fn with_puppet(mut self, state_dirs: Vec<PathBuf>) -> FactSource {
+        self.puppet_state_dirs = state_dirs;
+        self
     }
 
     /// The facts in force.
@@ -261,13 +313,26 @@ impl FactSource {
     /// naming its file); on error the previous facts stay in force. `Ok(true)` when the facts
     /// changed.
     pub fn refresh(&mut self) -> Result<bool, Vec<FactsError>> {
-        let stamps: Vec<Option<(SystemTime, u64)>> =
-            self.files.iter().chain(self.classes.iter()).map(|path| stamp(path)).collect();
+        let locks: Vec<PathBuf> = self
+            .puppet_state_dirs
+            .iter()
+            .flat_map(|dir| {
+                [dir.clone(), dir.join("agent_disabled.lock"), dir.join("agent_catalog_run.lock")]
+            })
+            .collect();
+        let stamps: Vec<Option<(SystemTime, u64)>> = self
+            .files
+            .iter()
+            .chain(self.classes.iter())
+            .chain(locks.iter())
+            .map(|path| stamp(path))
+            .collect();
         if !self.seen.is_empty() && stamps == self.seen {
             return Ok(false);
         }
         let mut errors = Vec::new();
         let mut facts = self.core.clone();
+        facts.extend(puppet_facts(&self.puppet_state_dirs));
         for path in &self.files {
             match std::fs::read_to_string(path) {
                 Ok(text) => match parse_fact_file(path, &text) {
@@ -325,6 +390,37 @@ mod tests {
         assert!(err.contains("must be a map"), "{err}");
         assert!(parse_fact_file(Path::new("f.json"), "{").is_err());
         assert_eq!(parse_classes("role::web\n\n# x\n  base  \n"), ["role::web", "base"]);
+    }
+
+    #[test]
+    fn puppet_lock_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let dirs = vec![dir.path().join("missing"), state.clone()];
+        assert!(puppet_facts(&dirs).is_empty(), "no state dir, no facts");
+        std::fs::create_dir_all(&state).unwrap();
+        let facts = puppet_facts(&dirs);
+        assert_eq!(
+            (facts["puppet_enabled"].as_str(), facts["puppet_running"].as_str()),
+            (Some("1"), Some("0"))
+        );
+        std::fs::write(
+            state.join("agent_disabled.lock"),
+            r#"{"disabled_message":"maintenance by alice"}"#,
+        )
+        .unwrap();
+        std::fs::write(state.join("agent_catalog_run.lock"), "4242").unwrap();
+        let facts = puppet_facts(&dirs);
+        assert_eq!(facts["puppet_enabled"], "0");
+        assert_eq!(facts["puppet_disabled_message"], "maintenance by alice");
+        assert_eq!(facts["puppet_running"], "1");
+
+        let mut source = FactSource::new(Map::new(), Vec::new(), None).with_puppet(dirs);
+        assert!(source.refresh().unwrap());
+        assert_eq!(source.current().facts["puppet_enabled"], "0");
+        std::fs::remove_file(state.join("agent_disabled.lock")).unwrap();
+        assert!(source.refresh().unwrap(), "enabling Puppet is noticed");
+        assert_eq!(source.current().facts["puppet_enabled"], "1");
     }
 
     #[test]

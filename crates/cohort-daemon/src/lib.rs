@@ -11,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod external;
 pub mod facts;
+pub mod nrpe;
 pub mod pipeline;
 pub mod rpcutil;
 pub mod run;

@@ -23,11 +23,21 @@ use crate::external::{self, LoadError};
 use crate::facts::FactSource;
 use crate::pipeline::{Handled, NodeState};
 
+/// What the built-in agents are configured with.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    /// The nrpe agent's settings.
+    pub nrpe: crate::nrpe::NrpeSettings,
+}
+
 /// Agents compiled into Cohort: the one list of them.
-pub fn builtin_agents() -> Vec<Arc<dyn Agent>> {
+pub fn builtin_agents(settings: &AgentSettings) -> Vec<Arc<dyn Agent>> {
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
     if let Some(rpcutil) = crate::rpcutil::Rpcutil::new() {
         agents.push(Arc::new(rpcutil));
+    }
+    if let Some(nrpe) = crate::nrpe::Nrpe::new(settings.nrpe.clone()) {
+        agents.push(Arc::new(nrpe));
     }
     agents
 }
@@ -37,8 +47,9 @@ pub fn builtin_agents() -> Vec<Arc<dyn Agent>> {
 pub fn load_agents(
     agents_dir: Option<&std::path::Path>,
     max_output: usize,
+    settings: &AgentSettings,
 ) -> (Vec<Arc<dyn Agent>>, Vec<LoadError>) {
-    let mut agents = builtin_agents();
+    let mut agents = builtin_agents(settings);
     let mut errors = Vec::new();
     if let Some(dir) = agents_dir {
         let (found, failed) = external::scan(dir, max_output);
@@ -73,6 +84,8 @@ pub struct RunOptions {
     pub max_agent_output: usize,
     /// How long shutdown waits for running actions.
     pub shutdown_grace: Duration,
+    /// Settings of the built-in agents, for reloads.
+    pub agent_settings: AgentSettings,
 }
 
 /// Something the outside world tells a running node.
@@ -164,7 +177,8 @@ pub async fn run(
             }
             signal = signals.recv() => match signal {
                 Some(Signal::Reload) => {
-                    let (agents, errors) = load_agents(options.agents_dir.as_deref(), options.max_agent_output);
+                    let (agents, errors) =
+                        load_agents(options.agents_dir.as_deref(), options.max_agent_output, &options.agent_settings);
                     for error in errors {
                         tracing::error!("agent not loaded: {error}");
                     }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::NodeState;
 use crate::facts::Facts;
-use crate::run::{RunOptions, Signal, builtin_agents};
+use crate::run::{AgentSettings, RunOptions, Signal, builtin_agents};
 
 const COUNTRIES: [&str; 6] = ["uk", "us", "de", "fr", "nl", "jp"];
 const ROLES: [&str; 4] = ["web", "db", "cache", "lb"];
@@ -90,6 +90,7 @@ impl Fleet {
             agents_dir: None,
             max_agent_output: 1024 * 1024,
             shutdown_grace: Duration::from_secs(2),
+            agent_settings: AgentSettings::default(),
         };
         for idx in 0..count {
             let (identity, facts) = simulated_node(idx, &mut rng);
@@ -97,7 +98,7 @@ impl Fleet {
                 identity.clone(),
                 vec![collective.clone()],
                 facts,
-                builtin_agents(),
+                builtin_agents(&AgentSettings::default()),
                 None,
                 Map::new(),
                 Duration::from_secs(30),

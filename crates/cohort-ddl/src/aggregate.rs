@@ -43,6 +43,7 @@ pub(crate) const FUNCTIONS: &[(&str, Function)] = &[
     ("boolean_summary", boolean_summary),
     ("average", average),
     ("sum", sum),
+    ("nagios_states", nagios_states),
 ];
 
 fn text(value: &Value) -> String {
@@ -90,6 +91,26 @@ fn boolean_summary(aggregate: &AggregateDdl, _: &str, values: &[&Value]) -> Summ
         }
     }
     SummaryResult::Counts(count(labels.into_iter()))
+}
+
+/// Nagios exit codes counted as OK/WARNING/CRITICAL/UNKNOWN, all four always shown; anything
+/// that is not 0-3 (or missing) counts as UNKNOWN (the original crashed on it).
+fn nagios_states(_: &AggregateDdl, _: &str, values: &[&Value]) -> SummaryResult {
+    let mut counts = [0u64; 4];
+    for value in values {
+        let idx = match value.as_i64() {
+            Some(code @ 0..=3) => usize::try_from(code).unwrap_or(3),
+            _ => 3,
+        };
+        counts[idx] += 1;
+    }
+    SummaryResult::Counts(
+        ["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+            .iter()
+            .zip(counts)
+            .map(|(label, n)| ((*label).to_owned(), n))
+            .collect(),
+    )
 }
 
 fn numbers(output: &str, values: &[&Value]) -> Result<Vec<f64>, String> {
@@ -187,7 +208,8 @@ mod tests {
                               {"function": "sum", "args": ["load"]},
                               {"function": "summary", "args": ["roles"]},
                               {"function": "boolean_summary", "args": ["enabled", {"true": "on", "false": "off"}]},
-                              {"function": "nagios_states", "args": ["country"]}]}]}"#,
+                              {"function": "nagios_states", "args": ["country"]},
+                              {"function": "no_such_function", "args": ["country"]}]}]}"#,
         )
         .unwrap();
         let replies: Vec<Map<String, Value>> = [
@@ -210,7 +232,16 @@ mod tests {
                 (
                     "nagios_states(country)".to_owned(),
                     vec![
-                        "  Could not compute summary - unknown aggregate function nagios_states"
+                        "      OK = 0".to_owned(),
+                        " WARNING = 0".to_owned(),
+                        "CRITICAL = 0".to_owned(),
+                        " UNKNOWN = 3".to_owned()
+                    ]
+                ),
+                (
+                    "no_such_function(country)".to_owned(),
+                    vec![
+                        "  Could not compute summary - unknown aggregate function no_such_function"
                             .to_owned()
                     ]
                 ),

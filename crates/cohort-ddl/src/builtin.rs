@@ -5,8 +5,11 @@ use crate::AgentDdl;
 /// `rpcutil`: general information about a node and its daemon.
 pub const RPCUTIL: &str = include_str!("../ddl/rpcutil.json");
 
+/// `nrpe`: Nagios checks defined by the node's NRPE configuration.
+pub const NRPE: &str = include_str!("../ddl/nrpe.json");
+
 /// The text of every built-in DDL.
-pub const ALL: &[&str] = &[RPCUTIL];
+pub const ALL: &[&str] = &[RPCUTIL, NRPE];
 
 /// Every built-in DDL, parsed. Each is checked by a test, so parsing cannot fail at run time.
 pub fn all() -> Vec<AgentDdl> {

@@ -157,3 +157,22 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// Where the Nagios plugins from Debian's `monitoring-plugins-basic` are, installing the package
+/// (as root, with apt) when they are missing, so `cargo test` works on a fresh machine.
+pub fn nagios_plugins_dir() -> PathBuf {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let dir = PathBuf::from("/usr/lib/nagios/plugins");
+            if !dir.join("check_dummy").is_file() {
+                let install = || Command::new("apt-get").args(["install", "-y", "-q", "monitoring-plugins-basic"]).status();
+                let ok = install().is_ok_and(|s| s.success())
+                    || (Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success())
+                        && install().is_ok_and(|s| s.success()));
+                assert!(ok, "monitoring-plugins-basic is not installed and apt-get could not install it (as .ci/run does)");
+            }
+            dir
+        })
+        .clone()
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cohort_daemon::facts::{FactSource, core_facts};
-use cohort_daemon::run::{RunOptions, Signal, load_agents};
+use cohort_daemon::nrpe::NrpeSettings;
+use cohort_daemon::run::{AgentSettings, RunOptions, Signal, load_agents};
 use cohort_daemon::{Config, NodeState};
 use cohort_proto::{Collective, Identity};
 use serde_json::{Map, Value, json};
@@ -94,12 +95,21 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             })?
         }
     };
-    let mut facts = FactSource::new(core, config.facts.clone(), config.classes.clone());
+    let mut facts = FactSource::new(core, config.facts.clone(), config.classes.clone())
+        .with_puppet(config.puppet_state_dirs.clone());
     if let Err(errors) = facts.refresh() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("cannot load facts:\n  {}", list.join("\n  "));
     }
-    let (agents, errors) = load_agents(config.agents_dir.as_deref(), config.max_agent_output);
+    let agent_settings = AgentSettings {
+        nrpe: NrpeSettings {
+            config: config.nrpe_config.clone(),
+            timeout: config.nrpe_timeout,
+            allow_arguments: config.nrpe_allow_arguments,
+        },
+    };
+    let (agents, errors) =
+        load_agents(config.agents_dir.as_deref(), config.max_agent_output, &agent_settings);
     for error in errors {
         tracing::error!("agent not loaded: {error}");
     }
@@ -111,6 +121,7 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     items.insert("registration_interval".into(), json!(config.registration_interval.as_secs()));
     items.insert("max_concurrent_actions".into(), json!(config.max_concurrent_actions));
     items.insert("agents_dir".into(), json!(config.agents_dir));
+    items.insert("nrpe_config".into(), json!(config.nrpe_config));
     let state = Arc::new(NodeState::new(
         identity.clone(),
         config.collectives.clone(),
@@ -127,6 +138,7 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         agents_dir: config.agents_dir.clone(),
         max_agent_output: config.max_agent_output,
         shutdown_grace: config.shutdown_grace,
+        agent_settings,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 
 mod boot;
 mod broker;
+mod checks;
 mod daemon;
 mod demo;
 mod find;
@@ -36,6 +37,10 @@ enum Command {
     Find(find::FindArgs),
     /// Call an agent's action on every matching node.
     Rpc(rpc::RpcArgs),
+    /// Run an NRPE check on every matching node and summarize the states.
+    Nrpe(checks::NrpeArgs),
+    /// Nagios/Icinga plugin: one NRPE check across the fleet as one service result.
+    Nagios(checks::NagiosArgs),
     /// Start a broker and a simulated fleet in this process and tour the commands.
     Demo(demo::DemoArgs),
     /// First-boot setup of a cloud instance from user data and metadata.
@@ -51,6 +56,8 @@ enum ClientCommand {
     Find(find::FindArgs),
     /// Rpc.
     Rpc(rpc::RpcArgs),
+    /// Nrpe.
+    Nrpe(checks::NrpeArgs),
 }
 
 async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::Result<ExitCode> {
@@ -58,6 +65,7 @@ async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::
         ClientCommand::Ping(args) => ping::run(args, io).await,
         ClientCommand::Find(args) => find::run(args, io).await,
         ClientCommand::Rpc(args) => rpc::run(args, io).await,
+        ClientCommand::Nrpe(args) => checks::nrpe(args, io).await,
     }
 }
 
@@ -71,7 +79,23 @@ fn client_runtime(command: ClientCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A Nagios plugin must exit 3 (UNKNOWN) on bad arguments, with one line saying why;
+        // clap's exit code 2 would read as CRITICAL.
+        Err(err) if std::env::args().nth(1).as_deref() == Some("nagios") && err.use_stderr() => {
+            let first = err
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
+            println!("UNKNOWN: {first}");
+            return ExitCode::from(3);
+        }
+        Err(err) => err.exit(),
+    };
     init_logging();
     // Exactly one rustls provider is compiled in; installing it up front means no library can
     // trip over rustls' "no default provider" panic later.
@@ -82,6 +106,8 @@ fn main() -> ExitCode {
         Command::Ping(args) => client_runtime(ClientCommand::Ping(args)),
         Command::Find(args) => client_runtime(ClientCommand::Find(args)),
         Command::Rpc(args) => client_runtime(ClientCommand::Rpc(args)),
+        Command::Nrpe(args) => client_runtime(ClientCommand::Nrpe(args)),
+        Command::Nagios(args) => Ok(checks::nagios(args)),
         Command::Demo(args) => demo::run(args),
         Command::Boot(args) => boot::run(args),
     };

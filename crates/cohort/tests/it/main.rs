@@ -8,5 +8,6 @@ mod collective;
 mod demo;
 mod fleet;
 mod imds;
+mod nagios;
 mod process;
 mod tidy;

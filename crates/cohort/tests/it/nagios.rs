@@ -1,0 +1,376 @@
+//! The Nagios aggregation end to end: 47 nodes running the real pipeline and the built-in nrpe
+//! agent (in this process, each with its own broker connection, NRPE configuration, Puppet state
+//! directory and facts), the embedded broker, real plugins from monitoring-plugins-basic, and
+//! `cohort nagios` / `cohort nrpe` run as the subprocesses Nagios and people would run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cohort_daemon::NodeState;
+use cohort_daemon::facts::FactSource;
+use cohort_daemon::nrpe::NrpeSettings;
+use cohort_daemon::run::{AgentSettings, RunOptions, Signal, load_agents};
+use cohort_proto::{Collective, Identity};
+use serde_json::{Map, Value};
+
+use crate::process::cohort;
+
+const NODES: usize = 47;
+
+fn name(idx: usize) -> String {
+    format!("node{idx:02}.example.net")
+}
+
+struct Fleet {
+    url: String,
+    stops: Vec<tokio::sync::mpsc::Sender<Signal>>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn age(path: &Path, seconds: u64) {
+    write(path, "stamp\n");
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(seconds)).unwrap();
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let plugins = cohort_test_support::nagios_plugins_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = runtime.block_on(async {
+            let config = cohort_broker::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..cohort_broker::Config::default()
+            };
+            cohort_broker::Broker::bind(config).await.unwrap().spawn()
+        });
+        let url = broker.url();
+        runtime.spawn(async move {
+            // Keep the broker for the life of the runtime.
+            std::future::pending::<()>().await;
+            drop(broker);
+        });
+        let mut stops = Vec::new();
+        for idx in 0..NODES {
+            let home = dir.path().join(name(idx));
+            let state = match idx {
+                7 => 2,
+                10 | 20 => 1,
+                _ => 0,
+            };
+            let nrpe_d = home.join("nrpe.d");
+            // The main file defines check_state too; nrpe.d, read later, wins.
+            write(
+                &home.join("nrpe.cfg"),
+                &format!("command[check_state]=/bin/false\ninclude_dir={}/\n", nrpe_d.display()),
+            );
+            write(
+                &nrpe_d.join("10-checks.cfg"),
+                &format!(
+                    "command[check_state]={p}/check_dummy {state} \"node {idx} says {state}\"\n\
+                     command[check_age]={p}/check_file_age -w 600 -c 1200 -f {stamp}\n\
+                     command[check_load]={p}/check_load -w 1000,1000,1000 -c 2000,2000,2000\n\
+                     command[check_seven]=echo odd; exit 7\n\
+                     command[check_hang]=/bin/sleep 30\n\
+                     command[check_missing]={p}/check_does_not_exist\n",
+                    p = plugins.display(),
+                    stamp = home.join("stamp").display(),
+                ),
+            );
+            age(
+                &home.join("stamp"),
+                match idx {
+                    3 => 900,
+                    4 => 2000,
+                    _ => 10,
+                },
+            );
+            let puppet = home.join("puppet-state");
+            std::fs::create_dir_all(&puppet).unwrap();
+            if idx % 5 == 0 {
+                write(
+                    &puppet.join("agent_disabled.lock"),
+                    r#"{"disabled_message":"upgrade in progress"}"#,
+                );
+            }
+            let facts_file = home.join("facts.yaml");
+            write(&facts_file, &format!("country: {}\n", if idx % 3 == 0 { "us" } else { "uk" }));
+            let classes = home.join("classes.txt");
+            write(&classes, if idx % 4 == 0 { "bacula::node\nbase\n" } else { "base\n" });
+            let mut source = FactSource::new(Map::new(), vec![facts_file], Some(classes))
+                .with_puppet(vec![puppet]);
+            source.refresh().unwrap();
+            let settings = AgentSettings {
+                nrpe: NrpeSettings {
+                    config: vec![home.join("nrpe.cfg")],
+                    timeout: Duration::from_secs(2),
+                    allow_arguments: false,
+                },
+            };
+            let (agents, errors) = load_agents(None, 1 << 20, &settings);
+            assert!(errors.is_empty());
+            let state = Arc::new(NodeState::new(
+                Identity::new(name(idx)).unwrap(),
+                vec![Collective::new("cohort").unwrap()],
+                source.current().clone(),
+                agents,
+                None,
+                Map::new(),
+                Duration::from_secs(30),
+            ));
+            let options = RunOptions {
+                registration_interval: Duration::ZERO,
+                max_concurrent_actions: 8,
+                facts_refresh: Duration::from_millis(200),
+                agents_dir: None,
+                max_agent_output: 1 << 20,
+                shutdown_grace: Duration::from_secs(2),
+                agent_settings: settings,
+            };
+            let (stop, signals) = tokio::sync::mpsc::channel(1);
+            let url = url.clone();
+            runtime.spawn(async move {
+                let client = async_nats::connect(&url).await.unwrap();
+                cohort_daemon::run::run(state, client, options, Some(source), signals)
+                    .await
+                    .unwrap();
+            });
+            stops.push(stop);
+        }
+        let fleet = Fleet { url, stops, runtime, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = fleet.cli(&["find"]);
+            if String::from_utf8_lossy(&found.stdout).lines().count() == NODES {
+                break;
+            }
+            assert!(Instant::now() < deadline, "fleet did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        fleet
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        cohort().args(args).args(["--broker", &self.url]).output().unwrap()
+    }
+
+    fn stop(&self, idx: usize) {
+        let stop = self.stops[idx].clone();
+        self.runtime.block_on(async move { stop.send(Signal::Shutdown).await.unwrap() });
+    }
+}
+
+fn plugin(fleet: &Fleet, args: &[&str]) -> (Vec<String>, u8) {
+    let mut full = vec!["nagios"];
+    full.extend_from_slice(args);
+    let output = fleet.cli(&full);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(text.len() <= 8192);
+    (
+        text.lines().map(str::to_owned).collect(),
+        u8::try_from(output.status.code().unwrap()).unwrap(),
+    )
+}
+
+#[track_caller]
+fn first_line(lines: &[String], check: &str, counts: [usize; 4], noresponse: usize) {
+    let total: usize = counts.iter().sum();
+    let prefix = format!(
+        "{check}: OK: {} WARNING: {} CRITICAL: {} UNKNOWN: {}|total={total};;;0 ok={};;;0 warning={};;;0 critical={};;;0 unknown={};;;0 noresponse={noresponse};;;0 checktime=",
+        counts[0], counts[1], counts[2], counts[3], counts[0], counts[1], counts[2], counts[3]
+    );
+    assert!(lines[0].starts_with(&prefix), "{}\nexpected prefix\n{prefix}", lines[0]);
+    assert!(lines[0].ends_with("s;;;0"), "{}", lines[0]);
+    // The perfdata parses as perfdata.
+    let perf = lines[0].split_once('|').unwrap().1;
+    let (items, errors) = cohort_nagios::output::parse_perfdata(perf);
+    assert!(errors.is_empty() && items.len() == 7, "{perf}");
+}
+
+#[test]
+fn nagios_aggregation_end_to_end() {
+    let fleet = Fleet::start();
+
+    // States from check_dummy; one CRITICAL wins over the WARNINGs.
+    let (lines, code) = plugin(&fleet, &["check_state"]);
+    first_line(&lines, "check_state", [44, 2, 1, 0], 0);
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines[1..],
+        [
+            "CRITICAL:",
+            "   node07.example.net",
+            "WARNING:",
+            "   node10.example.net node20.example.net"
+        ]
+    );
+
+    // Real ages through check_file_age.
+    let (lines, code) = plugin(&fleet, &["check_age"]);
+    first_line(&lines, "check_age", [45, 1, 1, 0], 0);
+    assert_eq!(code, 2);
+    assert!(
+        lines.contains(&"   node04.example.net".to_owned())
+            && lines.contains(&"   node03.example.net".to_owned()),
+        "{lines:?}"
+    );
+
+    // Only nodes where Puppet is not disabled (10 of 47 have the lock), by fact, by class.
+    let (lines, code) = plugin(&fleet, &["-W", "puppet_enabled=1", "check_load"]);
+    first_line(&lines, "check_load", [37, 0, 0, 0], 0);
+    assert_eq!((lines.len(), code), (1, 0));
+    let (lines, _) = plugin(&fleet, &["-F", "country=us", "check_state"]);
+    first_line(&lines, "check_state", [16, 0, 0, 0], 0);
+    let (lines, _) = plugin(&fleet, &["-C", "bacula::node", "check_state"]);
+    first_line(&lines, "check_state", [11, 1, 0, 0], 0);
+
+    // Exit 7, a hang past the timeout, a missing plugin: UNKNOWN, with the reason in the data.
+    let (lines, code) = plugin(&fleet, &["-I", "node01.example.net", "check_seven"]);
+    first_line(&lines, "check_seven", [0, 0, 0, 1], 0);
+    assert_eq!(code, 3);
+    let started = Instant::now();
+    let (lines, code) = plugin(&fleet, &["-C", "bacula::node", "check_hang"]);
+    first_line(&lines, "check_hang", [0, 0, 0, 12], 0);
+    assert_eq!(code, 3);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let output = fleet.cli(&[
+        "rpc",
+        "nrpe",
+        "runcommand",
+        "command=check_missing",
+        "-I",
+        "node02.example.net",
+        "-j",
+    ]);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["replies"][0]["data"]["exitcode"], 3);
+    assert!(
+        json["replies"][0]["data"]["output"].as_str().unwrap().contains("may be missing"),
+        "{json}"
+    );
+    let output = fleet.cli(&[
+        "rpc",
+        "nrpe",
+        "runcommand",
+        "command=check_hang",
+        "-I",
+        "node02.example.net",
+        "-j",
+    ]);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["replies"][0]["data"]["output"], "NRPE: Command timed out after 2 seconds");
+    let output = fleet.cli(&[
+        "rpc",
+        "nrpe",
+        "runcommand",
+        "command=check_nothing",
+        "-I",
+        "node02.example.net",
+        "-j",
+    ]);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["replies"][0]["data"]["output"], "NRPE: Command 'check_nothing' not defined");
+
+    // Performance data, parsed, through cohort nrpe -j.
+    let output = fleet.cli(&["nrpe", "check_load", "-j", "-I", "node05.example.net"]);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["counts"]["ok"], 1);
+    let perf = &json["nodes"][0]["perf"];
+    assert_eq!(perf[0]["label"], "load1");
+    assert_eq!(perf[0]["warn"], "1000.000");
+    assert_eq!(output.status.code(), Some(0));
+
+    // The people's view.
+    let output = fleet.cli(&["nrpe", "check_state"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("node07.example.net                       status=CRITICAL\n    CRITICAL: node 7 says 2\n"), "{text}");
+    assert!(
+        text.contains(
+            "              OK: 44\n         WARNING: 2\n        CRITICAL: 1\n         UNKNOWN: 0\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Finished processing 47 / 47 hosts"), "{text}");
+    let output = fleet.cli(&["nrpe", "check_state", "--jsonl", "-F", "country=us"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 17);
+    assert_eq!(lines[16]["summary"]["counts"]["ok"], 16);
+
+    // Prometheus textfile.
+    let dir = tempfile::tempdir().unwrap();
+    let textfile = dir.path().join("cohort.prom");
+    let (_, code) = plugin(&fleet, &["--textfile", textfile.to_str().unwrap(), "check_state"]);
+    assert_eq!(code, 2);
+    let prom = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        prom.contains("cohort_nrpe_nodes{check=\"check_state\",state=\"warning\"} 2\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "cohort_nrpe_node_state{check=\"check_state\",node=\"node07.example.net\"} 2\n"
+        ),
+        "{prom}"
+    );
+
+    // Fewer nodes than expected.
+    let (lines, code) = plugin(
+        &fleet,
+        &[
+            "--min-nodes",
+            "50",
+            "--min-nodes-state",
+            "critical",
+            "-W",
+            "puppet_enabled=1",
+            "check_load",
+        ],
+    );
+    assert!(lines[0].contains("(37 nodes, expected at least 50)|"), "{lines:?}");
+    assert_eq!(code, 2);
+
+    // Nodes that do not answer: UNKNOWN by default, or as chosen.
+    fleet.stop(1);
+    fleet.stop(2);
+    let ids = ["-I", "node01.example.net", "-I", "node02.example.net", "-I", "node06.example.net"];
+    let mut args = ids.to_vec();
+    args.extend_from_slice(&["-t", "2", "check_state"]);
+    let (lines, code) = plugin(&fleet, &args);
+    first_line(&lines, "check_state", [1, 0, 0, 2], 2);
+    assert_eq!(code, 3);
+    assert_eq!(lines[1..], ["NO RESPONSE:", "   node01.example.net node02.example.net"]);
+    let mut args = ids.to_vec();
+    args.extend_from_slice(&["-t", "2", "--no-response-state", "ok", "check_state"]);
+    let (lines, code) = plugin(&fleet, &args);
+    first_line(&lines, "check_state", [3, 0, 0, 0], 2);
+    assert_eq!(code, 0);
+
+    // The broker gone: UNKNOWN with the reason, quickly, no stack trace.
+    let port = cohort_test_support::free_port();
+    let started = Instant::now();
+    let output = cohort()
+        .args(["nagios", "--broker", &format!("nats://127.0.0.1:{port}"), "check_state"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("check_state: UNKNOWN: cannot connect to"), "{text}");
+    assert_eq!(text.lines().count(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
