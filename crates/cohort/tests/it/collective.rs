@@ -153,7 +153,8 @@ fn collective_end_to_end(kind: BrokerKind) {
         &["web1.example.com", "web2.example.com"],
     );
     find(&fleet, &["-A", "shell"], &all);
-    find(&fleet, &["-A", "nrpe"], &[]);
+    find(&fleet, &["-A", "nrpe"], &all);
+    find(&fleet, &["-A", "puppetd"], &[]);
     find(&fleet, &["-W", "role::web country=us"], &["web2.example.com"]);
     find(
         &fleet,
