@@ -133,6 +133,25 @@ pub struct NodeReply {
     pub elapsed: Duration,
 }
 
+impl CallResult {
+    fn empty() -> CallResult {
+        CallResult {
+            replies: Vec::new(),
+            stats: CallStats {
+                request_id: RequestId::from_random([0; 16]),
+                discovered: 0,
+                responses: 0,
+                ok: 0,
+                failed: 0,
+                no_responses: Vec::new(),
+                unexpected: Vec::new(),
+                start_time: SystemTime::now(),
+                request_time: Duration::ZERO,
+            },
+        }
+    }
+}
+
 /// Accounting of one call.
 #[derive(Debug, Clone)]
 pub struct CallStats {
@@ -154,6 +173,71 @@ pub struct CallStats {
     pub start_time: SystemTime,
     /// From publishing to the last reply (or the timeout).
     pub request_time: Duration,
+}
+
+/// A call's result plus the final expected set (discovery latecomers included).
+struct CallOutcome {
+    result: CallResult,
+    expected: BTreeSet<Identity>,
+}
+
+/// Discovery's reply subscription and its adaptive quiet window.
+struct DiscoverySession {
+    replies: async_nats::Subscriber,
+    id: RequestId,
+    sent: Instant,
+    /// Discovery ends once no reply arrived for this long. It adapts to the network: a fleet
+    /// whose first reply takes 80 ms, or whose replies trickle in 30 ms apart, is given
+    /// correspondingly longer to finish.
+    window: Duration,
+    last_reply: Option<Instant>,
+    /// No node is subscribed at all (the broker said so).
+    silent: bool,
+}
+
+impl DiscoverySession {
+    /// The next node to answer; `None` when the subscription ended or nobody listens.
+    async fn next(&mut self) -> Option<Identity> {
+        loop {
+            if self.silent {
+                return None;
+            }
+            let message = self.replies.next().await?;
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                self.silent = true;
+                return None;
+            }
+            let Ok(reply) = Reply::from_bytes(&message.payload) else {
+                tracing::debug!("ignoring an undecodable discovery reply");
+                continue;
+            };
+            if reply.request_id != self.id {
+                continue;
+            }
+            let now = Instant::now();
+            match self.last_reply {
+                None => self.window = self.window.max(now - self.sent),
+                Some(previous) => self.window = self.window.max((now - previous) * 4),
+            }
+            // A large fleet takes a while to answer; the longer it has taken, the longer a
+            // pause can be without meaning it is over.
+            self.window = self.window.max((now - self.sent) / 2);
+            self.last_reply = Some(now);
+            return Some(reply.sender);
+        }
+    }
+
+    /// When the quiet window after the last reply ends.
+    fn quiet_at(&self) -> Instant {
+        self.last_reply.unwrap_or(self.sent) + self.window
+    }
+}
+
+async fn next_late(late: &mut Option<DiscoverySession>) -> Option<Identity> {
+    match late {
+        Some(session) => session.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Replies and accounting of one call.
@@ -250,17 +334,31 @@ impl Client {
 
     /// Finds the nodes matching `filter`. Ends when replies stop arriving for an adaptive quiet
     /// window (see [`DiscoveryOptions::quiet`]), or at `options.timeout`, or at once when no
-    /// node listens at all. `on_reply` sees each node as
-    /// it answers, with the time since the request was sent (what `cohort ping` prints).
+    /// node listens at all. `on_reply` sees each node as it answers, with the time since the
+    /// request was sent (what `cohort ping` prints).
     pub async fn discover(
         &self,
         filter: &Filter,
         options: &DiscoveryOptions,
-        mut on_reply: impl FnMut(&Identity, Duration),
+        on_reply: impl FnMut(&Identity, Duration),
     ) -> Result<Discovered, ClientError> {
+        let (discovered, session) = self.discover_session(filter, options, on_reply).await?;
+        if let Some(mut session) = session {
+            let _ = session.replies.unsubscribe().await;
+        }
+        Ok(discovered)
+    }
+
+    /// Discovery, keeping its reply subscription open for latecomers.
+    async fn discover_session(
+        &self,
+        filter: &Filter,
+        options: &DiscoveryOptions,
+        mut on_reply: impl FnMut(&Identity, Duration),
+    ) -> Result<(Discovered, Option<DiscoverySession>), ClientError> {
         let started = Instant::now();
         if let Some(nodes) = literal_identities(filter) {
-            return Ok(Discovered { nodes, elapsed: started.elapsed(), networked: false });
+            return Ok((Discovered { nodes, elapsed: started.elapsed(), networked: false }, None));
         }
         let id = new_request_id();
         let discovery =
@@ -275,7 +373,7 @@ impl Client {
             options.ttl,
         );
         let reply_to = reply_subject(&options.collective, &self.options.caller, &id);
-        let mut replies = self
+        let replies = self
             .nats
             .subscribe(reply_to.clone())
             .await
@@ -290,44 +388,60 @@ impl Client {
             .await
             .map_err(|err| ClientError::Bus(err.to_string()))?;
         let _ = self.nats.flush().await;
+        let mut session = DiscoverySession {
+            replies,
+            id,
+            sent,
+            window: options.quiet,
+            last_reply: None,
+            silent: false,
+        };
         let hard_deadline = tokio::time::Instant::now() + options.timeout;
         let mut deadline = hard_deadline;
         let mut nodes = BTreeSet::new();
-        // The window adapts to the network: a fleet whose first reply takes 80 ms, or whose
-        // replies trickle in 30 ms apart, is given correspondingly longer to finish.
-        let mut window = options.quiet;
-        let mut last_reply: Option<Instant> = None;
-        loop {
-            let message = match tokio::time::timeout_at(deadline, replies.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => break,
-            };
-            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                break; // Nobody is subscribed at all.
+        while let Ok(found) = tokio::time::timeout_at(deadline, session.next()).await {
+            let Some(node) = found else { break };
+            if nodes.insert(node.clone()) {
+                on_reply(&node, sent.elapsed());
             }
-            let Ok(reply) = Reply::from_bytes(&message.payload) else {
-                tracing::debug!("ignoring an undecodable discovery reply");
-                continue;
-            };
-            if reply.request_id != id {
-                continue;
-            }
-            let now = Instant::now();
-            match last_reply {
-                None => window = window.max(now - sent),
-                Some(previous) => window = window.max((now - previous) * 4),
-            }
-            // A large fleet takes a while to answer; the longer it has taken, the longer a
-            // pause can be without meaning it is over.
-            window = window.max((now - sent) / 2);
-            last_reply = Some(now);
-            if nodes.insert(reply.sender.clone()) {
-                on_reply(&reply.sender, sent.elapsed());
-            }
-            deadline = (tokio::time::Instant::now() + window).min(hard_deadline);
+            deadline = (tokio::time::Instant::now() + session.window).min(hard_deadline);
         }
-        let _ = replies.unsubscribe().await;
-        Ok(Discovered { nodes, elapsed: started.elapsed(), networked: true })
+        let discovered = Discovered { nodes, elapsed: started.elapsed(), networked: true };
+        Ok((discovered, Some(session)))
+    }
+
+    /// Discovery, then `call` broadcast to the discovered nodes. Discovery replies that arrive
+    /// after discovery ended (a node that was slow to answer) add the node to the expected set
+    /// while the call runs, and the call does not end while such latecomers are still arriving:
+    /// under load, a node is never lost between the two phases. For literal identities there is
+    /// no discovery, and the request goes to each node's own subject.
+    pub async fn discover_and_call(
+        &self,
+        filter: &Filter,
+        options: &DiscoveryOptions,
+        mut call: Call,
+        on_discovered: impl FnOnce(&Discovered),
+        on_reply: impl FnMut(&NodeReply),
+    ) -> Result<(Discovered, CallResult), ClientError> {
+        let (mut discovered, session) = self.discover_session(filter, options, |_, _| {}).await?;
+        on_discovered(&discovered);
+        call.targets = if discovered.networked {
+            Targets::Broadcast { expected: discovered.nodes.clone() }
+        } else {
+            Targets::Direct(discovered.nodes.clone())
+        };
+        if discovered.nodes.is_empty() {
+            // Nothing matched: nothing is sent (latecomers have nothing to join).
+            if let Some(mut session) = session {
+                let _ = session.replies.unsubscribe().await;
+            }
+            return Ok((discovered, CallResult::empty()));
+        }
+        let result = self.call_inner(call, session, on_reply).await?;
+        if discovered.networked {
+            discovered.nodes = result.expected.clone();
+        }
+        Ok((discovered, result.result))
     }
 
     /// Sends `call` and collects replies until every expected node answered or the timeout
@@ -335,8 +449,17 @@ impl Client {
     pub async fn call(
         &self,
         call: Call,
-        mut on_reply: impl FnMut(&NodeReply),
+        on_reply: impl FnMut(&NodeReply),
     ) -> Result<CallResult, ClientError> {
+        Ok(self.call_inner(call, None, on_reply).await?.result)
+    }
+
+    async fn call_inner(
+        &self,
+        call: Call,
+        mut late: Option<DiscoverySession>,
+        mut on_reply: impl FnMut(&NodeReply),
+    ) -> Result<CallOutcome, ClientError> {
         let id = new_request_id();
         let start_time = SystemTime::now();
         let body =
@@ -378,59 +501,86 @@ impl Client {
         .map_err(|err| ClientError::Bus(err.to_string()))?;
         let _ = self.nats.flush().await;
 
-        let expected = call.targets.expected().clone();
+        let mut expected = call.targets.expected().clone();
         let mut outstanding = expected.clone();
         let mut seen: BTreeSet<Identity> = BTreeSet::new();
         let mut replies = Vec::new();
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
-        while !outstanding.is_empty() || expected.is_empty() {
-            let message = match tokio::time::timeout_at(deadline, incoming.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => break,
-            };
-            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                // Which subject had nobody: a node's own subject means that node is not
-                // connected; a broadcast subject means no node hosts the agent.
-                let subject = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Subject"))
-                    .map(|v| v.as_str().to_owned());
-                match subject.as_deref().and_then(|s| s.strip_prefix(&node_prefix)) {
-                    Some(node) => {
-                        if let Ok(node) = Identity::new(node) {
-                            outstanding.remove(&node);
-                        }
-                        if outstanding.is_empty() {
-                            break;
-                        }
-                    }
-                    None => break,
-                }
-                continue;
-            }
-            let reply = match Reply::from_bytes(&message.payload) {
-                Ok(reply) if reply.request_id == id => reply,
-                Ok(_) => continue,
-                Err(err) => {
-                    tracing::debug!("ignoring an undecodable reply: {err}");
-                    continue;
-                }
-            };
-            if !seen.insert(reply.sender.clone()) {
-                continue;
-            }
-            outstanding.remove(&reply.sender);
-            let node_reply = NodeReply { reply, elapsed: sent.elapsed() };
-            on_reply(&node_reply);
-            replies.push(node_reply);
-            if expected.is_empty() && matches!(call.targets, Targets::Direct(_)) {
+        let direct = matches!(call.targets, Targets::Direct(_));
+        loop {
+            let all_in = !expected.is_empty() && outstanding.is_empty();
+            // Latecomers to discovery may still be arriving: wait out their quiet window too.
+            let late_quiet_at = late.as_ref().map(DiscoverySession::quiet_at);
+            if all_in && late_quiet_at.is_none_or(|at| at <= Instant::now()) {
                 break;
+            }
+            let wake = match (all_in, late_quiet_at) {
+                (true, Some(at)) => tokio::time::Instant::from_std(at).min(deadline),
+                _ => deadline,
+            };
+            tokio::select! {
+                message = incoming.next() => {
+                    let Some(message) = message else { break };
+                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        // Which subject had nobody: a node's own subject means that node is not
+                        // connected; a broadcast subject means no node hosts the agent.
+                        let subject = message.headers.as_ref().and_then(|h| h.get("Nats-Subject")).map(|v| v.as_str().to_owned());
+                        match subject.as_deref().and_then(|s| s.strip_prefix(&node_prefix)) {
+                            Some(node) => {
+                                if let Ok(node) = Identity::new(node) {
+                                    outstanding.remove(&node);
+                                }
+                                if outstanding.is_empty() && late.is_none() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
+                        continue;
+                    }
+                    let reply = match Reply::from_bytes(&message.payload) {
+                        Ok(reply) if reply.request_id == id => reply,
+                        Ok(_) => continue,
+                        Err(err) => {
+                            tracing::debug!("ignoring an undecodable reply: {err}");
+                            continue;
+                        }
+                    };
+                    if !seen.insert(reply.sender.clone()) {
+                        continue;
+                    }
+                    outstanding.remove(&reply.sender);
+                    let node_reply = NodeReply { reply, elapsed: sent.elapsed() };
+                    on_reply(&node_reply);
+                    replies.push(node_reply);
+                    if expected.is_empty() && direct {
+                        break;
+                    }
+                }
+                node = next_late(&mut late) => {
+                    match node {
+                        Some(node) => {
+                            if expected.insert(node.clone()) && !seen.contains(&node) {
+                                outstanding.insert(node);
+                            }
+                        }
+                        // The discovery subscription ended; stop listening to it.
+                        None => late = None,
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
             }
         }
         let request_time = sent.elapsed();
         let _ = incoming.unsubscribe().await;
+        if let Some(mut session) = late {
+            let _ = session.replies.unsubscribe().await;
+        }
         let ok = replies.iter().filter(|r| r.reply.status == cohort_proto::StatusCode::Ok).count();
         let unexpected: Vec<Identity> =
             seen.iter().filter(|node| !expected.contains(*node)).cloned().collect();
@@ -447,7 +597,7 @@ impl Client {
             start_time,
             request_time,
         };
-        Ok(CallResult { replies, stats })
+        Ok(CallOutcome { result: CallResult { replies, stats }, expected })
     }
 
     /// Waits until everything published has been written to the broker.

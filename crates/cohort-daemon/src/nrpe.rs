@@ -51,7 +51,7 @@ pub struct Nrpe {
 impl Nrpe {
     /// The agent with its embedded DDL.
     pub fn new(settings: NrpeSettings) -> Option<Nrpe> {
-        Some(Nrpe { ddl: Arc::new(cohort_ddl::builtin::find("nrpe")?), settings })
+        Some(Nrpe { ddl: cohort_ddl::builtin::find("nrpe")?, settings })
     }
 }
 

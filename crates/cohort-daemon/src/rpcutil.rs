@@ -20,7 +20,7 @@ pub struct Rpcutil {
 impl Rpcutil {
     /// The agent with its embedded DDL.
     pub fn new() -> Option<Rpcutil> {
-        Some(Rpcutil { ddl: Arc::new(cohort_ddl::builtin::find("rpcutil")?) })
+        Some(Rpcutil { ddl: cohort_ddl::builtin::find("rpcutil")? })
     }
 }
 

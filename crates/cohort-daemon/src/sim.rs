@@ -47,6 +47,7 @@ pub fn simulated_node(idx: u32, rng: &mut impl Rng) -> (Identity, Facts) {
         "processors": { "count": cpus },
         "memory": { "total_bytes": memory },
         "puppet_enabled": puppet_enabled,
+        "parity": if idx % 2 == 0 { "even" } else { "odd" },
         "ec2_instance_id": format!("i-{:017x}", rng.r#gen::<u64>() >> 4),
         "ec2_instance_type": INSTANCE_TYPES[rng.gen_range(0..INSTANCE_TYPES.len())],
         "ec2_placement_availability_zone": zone,
@@ -64,6 +65,53 @@ pub fn simulated_node(idx: u32, rng: &mut impl Rng) -> (Identity, Facts) {
     let identity =
         Identity::new(name).unwrap_or_else(|_| unreachable!("generated identity is valid"));
     (identity, Facts { facts, classes })
+}
+
+/// DDL of the `bench` agent simulated nodes host, for payload-size benchmarks.
+const BENCH_DDL: &str = r#"{
+  "metadata": {"name": "bench", "description": "Benchmark helpers on simulated nodes", "author": "Cohort", "license": "Apache-2.0", "version": "1.0.0", "url": "", "timeout": 10},
+  "actions": [{
+    "action": "blob",
+    "description": "Reply with a payload of the requested size",
+    "input": {"size": {"prompt": "Size", "description": "Bytes", "type": "integer", "optional": false}},
+    "output": {"blob": {"description": "Filler", "display_as": "Blob"}}
+  }]
+}"#;
+
+/// The `bench` agent: `blob size=N` answers N bytes of filler.
+#[derive(Debug)]
+pub struct BenchAgent {
+    ddl: Arc<cohort_ddl::AgentDdl>,
+}
+
+impl BenchAgent {
+    /// The agent, if its embedded DDL parses (a test checks it does).
+    pub fn new() -> Option<BenchAgent> {
+        Some(BenchAgent { ddl: Arc::new(cohort_ddl::AgentDdl::from_json(BENCH_DDL).ok()?) })
+    }
+}
+
+impl crate::agent::Agent for BenchAgent {
+    fn ddl(&self) -> &Arc<cohort_ddl::AgentDdl> {
+        &self.ddl
+    }
+
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a crate::agent::Context,
+        request: crate::agent::ActionRequest,
+    ) -> crate::agent::CallFuture<'a> {
+        Box::pin(async move {
+            // The DDL caps nothing; keep a runaway request from exhausting memory.
+            let size = request.data.get("size").and_then(Value::as_u64).unwrap_or(0).min(4 << 20);
+            let mut data = Map::new();
+            data.insert(
+                "blob".to_owned(),
+                Value::String("x".repeat(usize::try_from(size).unwrap_or(0))),
+            );
+            crate::agent::Outcome::ok(data)
+        })
+    }
 }
 
 /// A simulated fleet running in this process.
@@ -98,7 +146,13 @@ impl Fleet {
                 identity.clone(),
                 vec![collective.clone()],
                 facts,
-                builtin_agents(&AgentSettings::default()),
+                {
+                    let mut agents = builtin_agents(&AgentSettings::default());
+                    if let Some(bench) = BenchAgent::new() {
+                        agents.push(Arc::new(bench));
+                    }
+                    agents
+                },
                 None,
                 Map::new(),
                 Duration::from_secs(30),
@@ -123,5 +177,13 @@ impl Fleet {
             let _ = stop.send(Signal::Shutdown).await;
         }
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bench_ddl_parses() {
+        assert!(super::BenchAgent::new().is_some());
     }
 }

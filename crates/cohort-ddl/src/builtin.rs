@@ -1,5 +1,7 @@
 //! DDLs of the agents compiled into Cohort, embedded so clients and nodes share one copy.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::AgentDdl;
 
 /// `rpcutil`: general information about a node and its daemon.
@@ -11,14 +13,19 @@ pub const NRPE: &str = include_str!("../ddl/nrpe.json");
 /// The text of every built-in DDL.
 pub const ALL: &[&str] = &[RPCUTIL, NRPE];
 
-/// Every built-in DDL, parsed. Each is checked by a test, so parsing cannot fail at run time.
-pub fn all() -> Vec<AgentDdl> {
-    ALL.iter().filter_map(|text| AgentDdl::from_json(text).ok()).collect()
+/// Every built-in DDL, parsed once per process (a fleet simulator creates thousands of nodes,
+/// and parsing checks every validation regex). Each is checked by a test, so parsing cannot
+/// fail at run time.
+pub fn all() -> &'static [Arc<AgentDdl>] {
+    static PARSED: OnceLock<Vec<Arc<AgentDdl>>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        ALL.iter().filter_map(|text| AgentDdl::from_json(text).ok()).map(Arc::new).collect()
+    })
 }
 
 /// The built-in DDL of `agent`, if there is one.
-pub fn find(agent: &str) -> Option<AgentDdl> {
-    all().into_iter().find(|ddl| ddl.metadata.name == agent)
+pub fn find(agent: &str) -> Option<Arc<AgentDdl>> {
+    all().iter().find(|ddl| ddl.metadata.name == agent).cloned()
 }
 
 #[cfg(test)]

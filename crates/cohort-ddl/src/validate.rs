@@ -99,9 +99,9 @@ fn check_string(name: &str, input: &InputDdl, text: &str) -> Result<(), InputErr
     let message = if is_named_validator(validation) {
         named_validator(validation, text)
     } else {
-        match regex::Regex::new(validation) {
-            Ok(regex) if regex.is_match(text) => None,
-            Ok(_) => Some(format!("value should match {validation}")),
+        match regex_matches(validation, text) {
+            Ok(true) => None,
+            Ok(false) => Some(format!("value should match {validation}")),
             Err(err) => Some(format!("validation regex does not compile: {err}")),
         }
     };
@@ -109,6 +109,33 @@ fn check_string(name: &str, input: &InputDdl, text: &str) -> Result<(), InputErr
         Some(message) => Err(invalid(format!("input {name:?}: {message}"))),
         None => Ok(()),
     }
+}
+
+thread_local! {
+    /// Compiled validation patterns: a node validates the same few on every request, and
+    /// compiling dominated request handling before this cache. Bounded: cleared when full.
+    static PATTERNS: std::cell::RefCell<std::collections::HashMap<String, Result<regex::Regex, String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn regex_matches(pattern: &str, text: &str) -> Result<bool, String> {
+    PATTERNS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(pattern) {
+            if cache.len() >= 256 {
+                cache.clear();
+            }
+            cache.insert(
+                pattern.to_owned(),
+                regex::Regex::new(pattern).map_err(|err| err.to_string()),
+            );
+        }
+        match cache.get(pattern) {
+            Some(Ok(regex)) => Ok(regex.is_match(text)),
+            Some(Err(err)) => Err(err.clone()),
+            None => Ok(false),
+        }
+    })
 }
 
 fn named_validator(validator: &str, text: &str) -> Option<String> {

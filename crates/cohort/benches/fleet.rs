@@ -1,18 +1,26 @@
-//! Fleet round trip: `rpcutil ping` to N simulated nodes, discovery included, exactly as
-//! `cohort rpc rpcutil ping` does it (broadcast discovery with the adaptive quiet window, then
-//! the request, finishing when every discovered node has answered); plus the memory of one idle
-//! `cohort daemon` process.
+//! The fleet simulator benchmark: N simulated nodes (cohort_daemon::sim: each its own broker
+//! connection, identity and facts, the real node pipeline) against our broker and against
+//! nats-server, each broker in its own process, the client on its own runtime thread.
 //!
-//! The broker is `cohort broker` (release build) in its own process; the N nodes run in this
-//! process (cohort_daemon::sim), each with its own connection and the real node pipeline.
-//! Any run where discovery or the call does not account for exactly N nodes is reported as a
-//! failure.
+//! Scenarios, each as `cohort rpc` does it (discovery with the adaptive window, then the
+//! request, finishing when every discovered node has answered):
+//! - `ping`: `rpcutil ping` to every node;
+//! - `filtered`: `-F parity=even`, half the fleet;
+//! - `discovery`: discovery alone;
+//! - `blob64k`: every node replies with 64 KiB;
+//! - `10clients`: ten `ping` round trips at once from ten clients (wall time of all ten).
 //!
-//! Run: `cargo bench -p cohort --bench fleet` (`COHORT_BENCH_NODES=100,1000,5000`,
-//! `COHORT_BENCH_RUNS=7`). Prints a Markdown table for docs/PERFORMANCE.md.
+//! Any run that does not account for exactly the expected nodes is a failure: printed, counted,
+//! and the benchmark exits non-zero. Then the memory of one `cohort daemon`, idle and after
+//! 10,000 requests, and the broker's RSS per connection with the largest fleet.
+//!
+//! Run: `cargo bench -p cohort --bench fleet`; environment: `COHORT_BENCH_NODES` (default
+//! `100,1000,5000,10000`), `COHORT_BENCH_RUNS` (5), `COHORT_BENCH_BROKERS` (`cohort,nats`),
+//! `COHORT_BENCH_SCENARIOS` (all), `COHORT_BENCH_MEMORY` (`1`; `0` skips the daemon memory run).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,14 +28,52 @@ use std::time::{Duration, Instant};
 use cohort_client::{Call, Client, ClientOptions, DiscoveryOptions, Targets};
 use cohort_daemon::sim::Fleet;
 use cohort_proto::{AgentName, Collective, Filter};
-use cohort_test_support::{free_port, wait_for_listener};
+use cohort_test_support::{NatsServer, free_port, wait_for_listener};
 
-struct Killed(Child);
+enum Broker {
+    Cohort(Child),
+    Nats(NatsServer),
+}
 
-impl Drop for Killed {
+impl Broker {
+    fn start(kind: &str) -> (Broker, String) {
+        // One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one
+        // client to read, more than the default 64 MiB a broker queues for one connection before
+        // calling it a slow consumer. docs/scaling.md: size max_pending to the largest burst.
+        if kind == "nats" {
+            let server = NatsServer::start("max_connections: 100000\nmax_pending: 1073741824");
+            let url = server.url();
+            return (Broker::Nats(server), url);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config =
+            std::env::temp_dir().join(format!("cohort-bench-broker-{}.toml", std::process::id()));
+        std::fs::write(&config, "max_pending = 1073741824\n").unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["broker", "--listen", &addr.to_string(), "--config"])
+            .arg(&config)
+            .env("COHORT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_listener(addr, Duration::from_secs(10)));
+        (Broker::Cohort(child), format!("nats://{addr}"))
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Broker::Cohort(child) => child.id(),
+            Broker::Nats(server) => server.pid(),
+        }
+    }
+}
+
+impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Broker::Cohort(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -40,18 +86,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
 async fn client(url: &str) -> Client {
     Client::connect(ClientOptions {
         brokers: vec![url.to_owned()],
         caller: "user=bench".into(),
         sender: "bench".into(),
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(10),
     })
     .await
     .unwrap()
@@ -67,39 +107,108 @@ fn discovery() -> DiscoveryOptions {
     }
 }
 
-/// One `cohort rpc rpcutil ping`: discovery, then the call. Returns (discovery, total, ok).
-async fn round_trip(client: &Client, n: usize) -> (Duration, Duration, Result<(), String>) {
+fn parity_even() -> Filter {
+    Filter { fact: vec![cohort_filter::parse_fact("parity=even").unwrap()], ..Filter::default() }
+}
+
+/// One discovery + call, as `cohort rpc` does it; `Ok(elapsed)` only when exactly `expect` nodes
+/// were found and answered OK.
+async fn round_trip(
+    client: &Client,
+    filter: Filter,
+    agent: &str,
+    action: &str,
+    data: serde_json::Map<String, serde_json::Value>,
+    expect: usize,
+    check_blob: Option<usize>,
+) -> Result<Duration, String> {
     let started = Instant::now();
-    let discovered = client.discover(&Filter::default(), &discovery(), |_, _| {}).await.unwrap();
-    let discovery_time = started.elapsed();
-    let targets = Targets::Broadcast { expected: discovered.nodes.clone() };
     let call = Call {
-        agent: AgentName::new("rpcutil").unwrap(),
-        action: "ping".into(),
-        data: serde_json::Map::new(),
-        filter: Filter::default(),
+        agent: AgentName::new(agent).unwrap(),
+        action: action.into(),
+        data,
+        filter: filter.clone(),
         collective: Collective::new("cohort").unwrap(),
-        targets,
-        timeout: Duration::from_secs(12),
+        targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
+        timeout: Duration::from_secs(20),
         ttl: 60,
     };
-    let result = client.call(call, |_| {}).await.unwrap();
-    let total = started.elapsed();
-    let check = if discovered.nodes.len() != n {
-        Err(format!("discovered {} of {n}", discovered.nodes.len()))
-    } else if result.stats.responses != n || result.stats.ok != n {
-        Err(format!(
-            "{} replies ({} ok) of {n}; missing {:?}",
-            result.stats.responses, result.stats.ok, result.stats.no_responses
-        ))
-    } else {
-        Ok(())
-    };
-    (discovery_time, total, check)
+    let (discovered, result) = client
+        .discover_and_call(&filter, &discovery(), call, |_| {}, |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    if discovered.nodes.len() != expect {
+        return Err(format!("discovered {} of {expect}", discovered.nodes.len()));
+    }
+    let elapsed = started.elapsed();
+    if result.stats.responses != expect
+        || result.stats.ok != expect
+        || !result.stats.unexpected.is_empty()
+    {
+        return Err(format!(
+            "{} replies ({} ok, {} unexpected) of {expect}; missing {}",
+            result.stats.responses,
+            result.stats.ok,
+            result.stats.unexpected.len(),
+            result.stats.no_responses.len()
+        ));
+    }
+    if let Some(size) = check_blob
+        && let Some(bad) = result
+            .replies
+            .iter()
+            .find(|r| r.reply.data["blob"].as_str().map(str::len) != Some(size))
+    {
+        return Err(format!("{} sent a blob of the wrong size", bad.reply.sender));
+    }
+    Ok(elapsed)
+}
+
+async fn scenario(name: &str, url: &str, client: &Client, n: usize) -> Result<Duration, String> {
+    let empty = serde_json::Map::new;
+    match name {
+        "ping" => round_trip(client, Filter::default(), "rpcutil", "ping", empty(), n, None).await,
+        "filtered" => {
+            round_trip(client, parity_even(), "rpcutil", "ping", empty(), n.div_ceil(2), None).await
+        }
+        "discovery" => {
+            let started = Instant::now();
+            let found = client
+                .discover(&Filter::default(), &discovery(), |_, _| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            if found.nodes.len() == n {
+                Ok(started.elapsed())
+            } else {
+                Err(format!("discovered {} of {n}", found.nodes.len()))
+            }
+        }
+        "blob64k" => {
+            let mut data = serde_json::Map::new();
+            data.insert("size".into(), serde_json::Value::from(65536));
+            round_trip(client, Filter::default(), "bench", "blob", data, n, Some(65536)).await
+        }
+        "10clients" => {
+            let mut clients = Vec::new();
+            for _ in 0..10 {
+                clients.push(self::client(url).await);
+            }
+            let started = Instant::now();
+            let runs = clients.iter().map(|c| {
+                round_trip(c, Filter::default(), "rpcutil", "ping", serde_json::Map::new(), n, None)
+            });
+            let results = futures::future::join_all(runs).await;
+            for result in results {
+                result?;
+            }
+            Ok(started.elapsed())
+        }
+        other => Err(format!("no scenario {other}")),
+    }
 }
 
 async fn wait_for(client: &Client, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let found = client.discover(&Filter::default(), &discovery(), |_, _| {}).await.unwrap();
         if found.nodes.len() >= n {
@@ -110,90 +219,155 @@ async fn wait_for(client: &Client, n: usize) {
     }
 }
 
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+const SCENARIOS: [&str; 5] = ["ping", "filtered", "discovery", "blob64k", "10clients"];
+
 fn main() {
     let sizes: Vec<u32> = std::env::var("COHORT_BENCH_NODES")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![100, 1000, 5000]);
+        .unwrap_or_else(|| vec![100, 1000, 5000, 10000]);
     let runs: usize =
-        std::env::var("COHORT_BENCH_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(7);
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let url = format!("nats://{addr}");
-    let broker = Killed(
-        Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(["broker", "--listen", &addr.to_string()])
-            .env("COHORT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_listener(addr, Duration::from_secs(10)));
+        std::env::var("COHORT_BENCH_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
+    let brokers: Vec<String> = std::env::var("COHORT_BENCH_BROKERS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_else(|| vec!["cohort".into(), "nats".into()]);
     // The nodes get their own runtime; the client gets another on its own thread, as if it
     // were its own process (it is one in real use), so node work cannot starve its timers.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let nodes_runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let client_runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    println!("| nodes | discovery p50 | round trip p50 | p90 | max | runs with exact count |");
-    println!("|---|---|---|---|---|---|");
+    let scenarios: Vec<String> = std::env::var("COHORT_BENCH_SCENARIOS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_else(|| SCENARIOS.iter().map(|s| (*s).to_owned()).collect());
     let mut failures = 0;
-    for n in sizes {
-        let fleet = runtime.block_on(Fleet::start(&url, n, 7)).unwrap();
-        client_runtime.block_on(async {
-            let client = client(&url).await;
-            wait_for(&client, n as usize).await;
-            let mut discovery_times = Vec::new();
-            let mut totals = Vec::new();
-            let mut exact = 0;
-            for _ in 0..runs {
-                let (discovery_time, total, check) = round_trip(&client, n as usize).await;
-                match check {
-                    Ok(()) => exact += 1,
-                    Err(err) => {
-                        failures += 1;
-                        eprintln!("FAILURE at N={n}: {err}");
-                    }
+    let mut p50s: BTreeMap<(u32, &str, String), f64> = BTreeMap::new();
+    println!("| broker | nodes | scenario | p50 | p90 | max | runs with exact count |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut broker_rss = Vec::new();
+    for kind in &brokers {
+        for &n in &sizes {
+            let (broker, url) = Broker::start(kind);
+            let idle_rss = rss_kib(broker.pid());
+            let started = Instant::now();
+            let fleet = nodes_runtime.block_on(Fleet::start(&url, n, 7)).unwrap();
+            client_runtime.block_on(async {
+                let client = client(&url).await;
+                wait_for(&client, n as usize).await;
+                eprintln!("{kind}: {n} nodes up in {:.1} s", started.elapsed().as_secs_f64());
+                if n == *sizes.iter().max().unwrap() {
+                    let rss = rss_kib(broker.pid());
+                    broker_rss.push((kind.clone(), n, rss, (rss.saturating_sub(idle_rss)) as f64 / f64::from(n)));
                 }
-                discovery_times.push(discovery_time);
-                totals.push(total);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            discovery_times.sort();
-            totals.sort();
-            println!(
-                "| {n} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {exact} / {runs} |",
-                percentile(&discovery_times, 0.5).as_secs_f64() * 1000.0,
-                percentile(&totals, 0.5).as_secs_f64() * 1000.0,
-                percentile(&totals, 0.9).as_secs_f64() * 1000.0,
-                totals.last().unwrap().as_secs_f64() * 1000.0,
-            );
-        });
-        runtime.block_on(fleet.stop());
+                for name in SCENARIOS.iter().copied().filter(|s| scenarios.iter().any(|w| w == s)) {
+                    let mut times = Vec::new();
+                    let mut exact = 0;
+                    for _ in 0..runs {
+                        match scenario(name, &url, &client, n as usize).await {
+                            Ok(elapsed) => {
+                                exact += 1;
+                                times.push(elapsed);
+                            }
+                            Err(err) => {
+                                failures += 1;
+                                eprintln!("FAILURE {kind} N={n} {name}: {err}");
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    times.sort();
+                    if times.is_empty() {
+                        println!("| {kind} | {n} | {name} | - | - | - | 0 / {runs} |");
+                        continue;
+                    }
+                    let p50 = pct(&times, 0.5);
+                    p50s.insert((n, name, kind.clone()), p50);
+                    println!(
+                        "| {kind} | {n} | {name} | {p50:.0} ms | {:.0} ms | {:.0} ms | {exact} / {runs} |",
+                        pct(&times, 0.9),
+                        times.last().unwrap().as_secs_f64() * 1000.0
+                    );
+                }
+            });
+            nodes_runtime.block_on(fleet.stop());
+            drop(broker);
+        }
     }
-    // One idle daemon as its own process.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("daemon.toml");
-    std::fs::write(&config, "registration_interval = \"0s\"\n").unwrap();
-    let daemon = Killed(
-        Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(["daemon", "--identity", "idle.example.net", "--broker", &url, "--config"])
-            .arg(&config)
-            .env("COHORT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    client_runtime.block_on(async {
-        let client = client(&url).await;
-        wait_for(&client, 1).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let idle = rss_kib(daemon.0.id());
-        println!("\nIdle `cohort daemon` RSS: {:.1} MiB ({idle} KiB)", idle as f64 / 1024.0);
-    });
-    drop(daemon);
-    drop(broker);
+    if brokers.len() == 2 {
+        println!("\n| nodes | scenario | cohort / nats-server (p50) |");
+        println!("|---|---|---|");
+        for &n in &sizes {
+            for name in SCENARIOS {
+                if let (Some(ours), Some(theirs)) =
+                    (p50s.get(&(n, name, "cohort".into())), p50s.get(&(n, name, "nats".into())))
+                {
+                    println!("| {n} | {name} | {:.2}x |", ours / theirs);
+                }
+            }
+        }
+    }
+    println!("\n| broker | connections | broker RSS | per connection |");
+    println!("|---|---|---|---|");
+    for (kind, n, rss, per) in &broker_rss {
+        println!("| {kind} | {n} | {:.1} MiB | {:.1} KiB |", *rss as f64 / 1024.0, per);
+    }
+    if std::env::var("COHORT_BENCH_MEMORY").map_or(true, |v| v != "0") {
+        daemon_memory(&client_runtime);
+    }
     if failures > 0 {
         eprintln!("{failures} run(s) did not account for every node");
         std::process::exit(1);
     }
+}
+
+/// One `cohort daemon` as its own process: RSS idle, and after 10,000 requests.
+fn daemon_memory(runtime: &tokio::runtime::Runtime) {
+    let (broker, url) = Broker::start("cohort");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("daemon.toml");
+    std::fs::write(&config, "registration_interval = \"0s\"\n").unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["daemon", "--identity", "idle.example.net", "--broker", &url, "--config"])
+        .arg(&config)
+        .env("COHORT_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    runtime.block_on(async {
+        let client = client(&url).await;
+        wait_for(&client, 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = rss_kib(daemon.id());
+        let node: std::collections::BTreeSet<_> =
+            [cohort_proto::Identity::new("idle.example.net").unwrap()].into();
+        for _ in 0..10_000 {
+            let call = Call {
+                agent: AgentName::new("rpcutil").unwrap(),
+                action: "ping".into(),
+                data: serde_json::Map::new(),
+                filter: Filter::default(),
+                collective: Collective::new("cohort").unwrap(),
+                targets: Targets::Direct(node.clone()),
+                timeout: Duration::from_secs(5),
+                ttl: 60,
+            };
+            let result = client.call(call, |_| {}).await.unwrap();
+            assert_eq!(result.stats.ok, 1);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = rss_kib(daemon.id());
+        println!("\n| `cohort daemon` | RSS |\n|---|---|");
+        println!("| idle | {:.1} MiB |", idle as f64 / 1024.0);
+        println!("| after 10,000 requests | {:.1} MiB |", busy as f64 / 1024.0);
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(broker);
 }

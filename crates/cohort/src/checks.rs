@@ -98,29 +98,30 @@ async fn run_check(
     }
     let started = Instant::now();
     let client = settings.connect().await?;
-    let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
-    on_discovered(discovered.nodes.len());
     let mut data = serde_json::Map::new();
     data.insert("command".into(), Value::from(flags.check.clone()));
-    let targets = if discovered.networked {
-        Targets::Broadcast { expected: discovered.nodes.clone() }
-    } else {
-        Targets::Direct(discovered.nodes.clone())
+    let call = cohort_client::Call {
+        agent: AgentName::new("nrpe")?,
+        action: "runcommand".to_owned(),
+        data,
+        filter: filter.clone(),
+        collective: settings.collective.clone(),
+        targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
+        timeout: settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
+        ttl: settings.ttl,
     };
+    let (discovered, result) = client
+        .discover_and_call(
+            &filter,
+            &settings.discovery(),
+            call,
+            |found| on_discovered(found.nodes.len()),
+            |reply| on_reply(reply),
+        )
+        .await?;
     let (replies, stats) = if discovered.nodes.is_empty() {
         (Vec::new(), None)
     } else {
-        let call = cohort_client::Call {
-            agent: AgentName::new("nrpe")?,
-            action: "runcommand".to_owned(),
-            data,
-            filter,
-            collective: settings.collective.clone(),
-            targets,
-            timeout: settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
-            ttl: settings.ttl,
-        };
-        let result = client.call(call, |reply| on_reply(reply)).await?;
         (result.replies, Some(result.stats))
     };
     let stats = stats.unwrap_or(cohort_client::CallStats {

@@ -52,7 +52,7 @@ pub(crate) struct RpcArgs {
 /// Finds the DDL of `agent`: built in, or `<agents_dir>/<agent>/<agent>.json`.
 pub(crate) fn find_ddl(agent: &str, agents_dir: Option<&Path>) -> anyhow::Result<Option<AgentDdl>> {
     if let Some(ddl) = cohort_ddl::builtin::find(agent) {
-        return Ok(Some(ddl));
+        return Ok(Some((*ddl).clone()));
     }
     let Some(dir) = agents_dir else { return Ok(None) };
     let path = dir.join(agent).join(format!("{agent}.json"));
@@ -116,14 +116,48 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let data = parse_inputs(&args.inputs, action)?;
 
     let client = settings.connect().await?;
-    let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
-    if settings.verbose || (io.err_tty && !args.json) {
-        writeln!(
-            io.err,
-            "Discovering hosts using the broadcast method for {} second(s) .... {}",
-            settings.discovery_timeout.as_secs_f64(),
-            discovered.nodes.len()
-        )?;
+    let ddl_timeout = ddl
+        .as_ref()
+        .map_or(Duration::from_secs(10), |ddl| Duration::from_secs_f64(ddl.metadata.timeout));
+    let timeout = settings.timeout.unwrap_or(ddl_timeout + settings.discovery_timeout);
+    // Literal identities go to each node's own subject. Discovered nodes get one broadcast
+    // carrying the filter, even when few, and nodes that answer discovery late are still
+    // awaited (cohort_client::Client::discover_and_call): where MCollective's direct addressing
+    // of small sets would have silently left a slow node out.
+    let call = Call {
+        agent: agent.clone(),
+        action: args.action.clone(),
+        data,
+        filter: filter.clone(),
+        collective: settings.collective.clone(),
+        targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
+        timeout,
+        ttl: settings.ttl,
+    };
+    let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
+    let show_bar = io.err_tty && !args.no_progress && !args.json;
+    let verbose_discovery = settings.verbose || (io.err_tty && !args.json);
+    let mut discovery_line = None;
+    let (discovered, result) = client
+        .discover_and_call(
+            &filter,
+            &settings.discovery(),
+            call,
+            |found| {
+                if verbose_discovery {
+                    discovery_line = Some(format!(
+                        "Discovering hosts using the broadcast method for {} second(s) .... {}",
+                        settings.discovery_timeout.as_secs_f64(),
+                        found.nodes.len()
+                    ));
+                }
+                *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
+            },
+            |_| bar.borrow().inc(1),
+        )
+        .await?;
+    if let Some(line) = discovery_line {
+        writeln!(io.err, "{line}")?;
     }
     if discovered.nodes.is_empty() {
         writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
@@ -132,32 +166,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         }
         return Ok(ExitCode::from(1));
     }
-    let ddl_timeout = ddl
-        .as_ref()
-        .map_or(Duration::from_secs(10), |ddl| Duration::from_secs_f64(ddl.metadata.timeout));
-    let timeout = settings.timeout.unwrap_or(ddl_timeout + settings.discovery_timeout);
-    // Literal identities go to each node's own subject. Discovered nodes get one broadcast
-    // carrying the filter, even when few: a matching node that answered discovery late still
-    // acts and is reported (as unexpected), where MCollective's direct addressing of small
-    // sets would have silently left it out.
-    let targets = if discovered.networked {
-        Targets::Broadcast { expected: discovered.nodes.clone() }
-    } else {
-        Targets::Direct(discovered.nodes.clone())
-    };
-    let bar = progress(discovered.nodes.len(), io.err_tty && !args.no_progress && !args.json);
-    let call = Call {
-        agent: agent.clone(),
-        action: args.action.clone(),
-        data,
-        filter,
-        collective: settings.collective.clone(),
-        targets,
-        timeout,
-        ttl: settings.ttl,
-    };
-    let result = client.call(call, |_| bar.inc(1)).await?;
-    bar.finish_and_clear();
+    bar.borrow().finish_and_clear();
     let summaries = match action {
         Some(action) => cohort_ddl::summarize(
             action,
