@@ -181,6 +181,11 @@ struct CallOutcome {
     expected: BTreeSet<Identity>,
 }
 
+/// A discovery timer firing this much after its deadline means the process was descheduled.
+const OVERSLEPT: Duration = Duration::from_millis(10);
+/// Last look for replies already received when discovery's window closes.
+const GRACE: Duration = Duration::from_millis(5);
+
 /// Discovery's reply subscription and its adaptive quiet window.
 struct DiscoverySession {
     replies: async_nats::Subscriber,
@@ -399,7 +404,26 @@ impl Client {
         let hard_deadline = tokio::time::Instant::now() + options.timeout;
         let mut deadline = hard_deadline;
         let mut nodes = BTreeSet::new();
-        while let Ok(found) = tokio::time::timeout_at(deadline, session.next()).await {
+        loop {
+            let found = match tokio::time::timeout_at(deadline, session.next()).await {
+                Ok(found) => found,
+                Err(_) => {
+                    // Silence, or this process was not scheduled: a timer that fires well after
+                    // its deadline means replies may be waiting unread. Give one more window,
+                    // then a short grace for the connection task to hand over what it has.
+                    let now = tokio::time::Instant::now();
+                    if now.saturating_duration_since(deadline) > OVERSLEPT
+                        && deadline < hard_deadline
+                    {
+                        deadline = (now + session.window).min(hard_deadline);
+                        continue;
+                    }
+                    match tokio::time::timeout(GRACE, session.next()).await {
+                        Ok(found) => found,
+                        Err(_) => break,
+                    }
+                }
+            };
             let Some(node) = found else { break };
             if nodes.insert(node.clone()) {
                 on_reply(&node, sent.elapsed());

@@ -47,7 +47,7 @@ pub fn simulated_node(idx: u32, rng: &mut impl Rng) -> (Identity, Facts) {
         "processors": { "count": cpus },
         "memory": { "total_bytes": memory },
         "puppet_enabled": puppet_enabled,
-        "parity": if idx % 2 == 0 { "even" } else { "odd" },
+        "parity": if idx.is_multiple_of(2) { "even" } else { "odd" },
         "ec2_instance_id": format!("i-{:017x}", rng.r#gen::<u64>() >> 4),
         "ec2_instance_type": INSTANCE_TYPES[rng.gen_range(0..INSTANCE_TYPES.len())],
         "ec2_placement_availability_zone": zone,
