@@ -176,3 +176,13 @@ pub fn nagios_plugins_dir() -> PathBuf {
         })
         .clone()
 }
+
+/// Resident set size of a process, in KiB (`VmRSS` from `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}

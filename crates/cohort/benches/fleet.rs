@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use cohort_client::{Call, Client, ClientOptions, DiscoveryOptions, Targets};
 use cohort_daemon::sim::Fleet;
 use cohort_proto::{AgentName, Collective, Filter};
-use cohort_test_support::{NatsServer, free_port, wait_for_listener};
+use cohort_test_support::{NatsServer, free_port, rss_kib, wait_for_listener};
 
 enum Broker {
     Cohort(Child),
@@ -75,15 +75,6 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 async fn client(url: &str) -> Client {

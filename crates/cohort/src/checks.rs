@@ -110,7 +110,8 @@ async fn run_check(
         timeout: settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
         ttl: settings.ttl,
     };
-    let (discovered, result) = client
+    // With nothing discovered nothing is sent, and the result is empty with zero counts.
+    let (_, result) = client
         .discover_and_call(
             &filter,
             &settings.discovery(),
@@ -119,22 +120,7 @@ async fn run_check(
             |reply| on_reply(reply),
         )
         .await?;
-    let (replies, stats) = if discovered.nodes.is_empty() {
-        (Vec::new(), None)
-    } else {
-        (result.replies, Some(result.stats))
-    };
-    let stats = stats.unwrap_or(cohort_client::CallStats {
-        request_id: cohort_proto::RequestId::from_random([0; 16]),
-        discovered: 0,
-        responses: 0,
-        ok: 0,
-        failed: 0,
-        no_responses: Vec::new(),
-        unexpected: Vec::new(),
-        start_time: std::time::SystemTime::now(),
-        request_time: Duration::ZERO,
-    });
+    let (replies, stats) = (result.replies, result.stats);
     let results = replies
         .iter()
         .map(|r| {
