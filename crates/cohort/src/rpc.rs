@@ -137,7 +137,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
     let show_bar = io.err_tty && !args.no_progress && !args.json;
     let verbose_discovery = settings.verbose || (io.err_tty && !args.json);
-    let mut discovery_line = None;
+    let err = &mut *io.err;
     let (discovered, result) = client
         .discover_and_call(
             &filter,
@@ -145,20 +145,19 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
             call,
             |found| {
                 if verbose_discovery {
-                    discovery_line = Some(format!(
+                    // Progress, on stderr: a failed write there is not worth failing the call.
+                    let _ = writeln!(
+                        err,
                         "Discovering hosts using the broadcast method for {} second(s) .... {}",
                         settings.discovery_timeout.as_secs_f64(),
                         found.nodes.len()
-                    ));
+                    );
                 }
                 *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
             },
             |_| bar.borrow().inc(1),
         )
         .await?;
-    if let Some(line) = discovery_line {
-        writeln!(io.err, "{line}")?;
-    }
     if discovered.nodes.is_empty() {
         writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
         if args.json {
