@@ -28,13 +28,34 @@ pub struct NodeState {
     /// Its collectives, main first.
     pub collectives: Vec<Collective>,
     facts: RwLock<Arc<Facts>>,
-    agents: RwLock<Arc<Vec<Arc<dyn Agent>>>>,
+    hosted: RwLock<Arc<Hosted>>,
     /// Counters.
     pub stats: Arc<Stats>,
     started: SystemTime,
     config_file: Option<PathBuf>,
     config_items: Arc<Map<String, Value>>,
     clock_skew: Duration,
+}
+
+/// The agents hosted, and their names (with `discovery`) as filters see them: computed once
+/// per (re)load rather than on every request.
+struct Hosted {
+    agents: Arc<Vec<Arc<dyn Agent>>>,
+    names: Vec<String>,
+}
+
+impl Hosted {
+    fn new(agents: Vec<Arc<dyn Agent>>) -> Hosted {
+        let mut names: Vec<String> = agents
+            .iter()
+            .map(|agent| agent.ddl().metadata.name.clone())
+            .filter(|name| AgentName::new(name.as_str()).is_ok())
+            .chain([DISCOVERY_AGENT.to_owned()])
+            .collect();
+        names.sort();
+        names.dedup();
+        Hosted { agents: Arc::new(agents), names }
+    }
 }
 
 /// What the pipeline decided about one message.
@@ -63,7 +84,7 @@ impl NodeState {
             identity,
             collectives,
             facts: RwLock::new(Arc::new(facts)),
-            agents: RwLock::new(Arc::new(agents)),
+            hosted: RwLock::new(Arc::new(Hosted::new(agents))),
             stats: Arc::new(Stats::default()),
             started: SystemTime::now(),
             config_file,
@@ -82,29 +103,23 @@ impl NodeState {
         *self.facts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(facts);
     }
 
+    fn hosted(&self) -> Arc<Hosted> {
+        self.hosted.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// The agents hosted now.
     pub fn agents(&self) -> Arc<Vec<Arc<dyn Agent>>> {
-        self.agents.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.hosted().agents.clone()
     }
 
     /// Replaces the agents (after a rescan).
     pub fn set_agents(&self, agents: Vec<Arc<dyn Agent>>) {
-        *self.agents.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(agents);
+        *self.hosted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Hosted::new(agents));
     }
 
     /// Names of the agents hosted, including the discovery pseudo-agent.
     pub fn agent_names(&self) -> Vec<AgentName> {
-        let mut names: Vec<AgentName> = self
-            .agents()
-            .iter()
-            .filter_map(|agent| AgentName::new(agent.ddl().metadata.name.as_str()).ok())
-            .collect();
-        if let Ok(discovery) = AgentName::new(DISCOVERY_AGENT) {
-            names.push(discovery);
-        }
-        names.sort();
-        names.dedup();
-        names
+        self.hosted().names.iter().filter_map(|name| AgentName::new(name.as_str()).ok()).collect()
     }
 
     fn context(&self) -> Context {
@@ -153,13 +168,12 @@ impl NodeState {
             return Handled::Ignored("other collective");
         }
         let facts = self.facts();
-        let agents = self.agents();
-        let agent_names: Vec<String> = self.agent_names().into_iter().map(String::from).collect();
+        let hosted = self.hosted();
         let node = cohort_filter::Node {
             identity: self.identity.as_str(),
             facts: &facts.facts,
             classes: &facts.classes,
-            agents: &agent_names,
+            agents: &hosted.names,
         };
         if !cohort_filter::matches(&request.filter, &node) {
             Stats::bump(&self.stats.filtered);
@@ -171,7 +185,7 @@ impl NodeState {
             data.insert("pong".to_owned(), Value::Bool(true));
             Outcome::ok(data)
         } else {
-            self.dispatch(&request, &agents).await
+            self.dispatch(&request, &hosted.agents).await
         };
         if !request.body.process_results {
             return Handled::NoReply;
