@@ -26,7 +26,7 @@ impl Layout {
     /// The standard layout under `root`, with the facts file at `facts_file` (absolute, taken
     /// relative to the root).
     pub fn new(root: &Path, facts_file: &Path) -> Layout {
-        let under = |path: &str| root.join(path.trim_start_matches('/'));
+        let under = |path: &str| under_root(root, path);
         Layout {
             root: root.to_owned(),
             spool: under("/var/lib/cohort/boot"),
@@ -40,7 +40,7 @@ impl Layout {
 
     /// A path the user gave, as an absolute path in the real system, moved under the root.
     pub fn under_root(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+        under_root(&self.root, path)
     }
 
     /// Cached raw user data.
@@ -64,12 +64,16 @@ impl Layout {
     }
 }
 
+fn under_root(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, then rename) with `mode`, creating the
 /// parent directories. A crash never leaves a half-written file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let parent = path.parent().unwrap_or(Path::new("/"));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(
         ".{}.tmp{}",

@@ -114,7 +114,8 @@ impl NodeState {
 
     /// Replaces the agents (after a rescan).
     pub fn set_agents(&self, agents: Vec<Arc<dyn Agent>>) {
-        *self.hosted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Hosted::new(agents));
+        *self.hosted.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Hosted::new(agents));
     }
 
     /// Names of the agents hosted, including the discovery pseudo-agent.

@@ -138,16 +138,10 @@ async fn run_check(
 }
 
 fn write_textfile(path: &std::path::Path, tally: &Tally) -> anyhow::Result<()> {
+    // Atomic (temporary file, then rename): node_exporter never scrapes half a file.
     let text = cohort_nagios::textfile::render(tally);
-    let dir =
-        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    cohort_boot::layout::write_atomic(path, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Worst state: CRITICAL first, then the highest code.

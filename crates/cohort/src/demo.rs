@@ -27,7 +27,7 @@ pub(crate) struct DemoArgs {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "cohort", no_binary_name = false)]
+#[command(name = "cohort")]
 struct TourCommand {
     #[command(subcommand)]
     command: ClientCommand,
