@@ -186,3 +186,73 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// A broker running as its own process for benchmarks: `cohort broker` or nats-server, each
+/// with extra configuration in its own syntax. Killed by PID when dropped.
+pub enum BrokerProcess {
+    /// `cohort broker`, its config directory kept alive with it.
+    Cohort(Child, SocketAddr, tempfile::TempDir),
+    /// nats-server.
+    Nats(NatsServer),
+}
+
+impl BrokerProcess {
+    /// Starts `cohort broker` (from `cohort_binary`, with `cohort_toml`) when `kind` is
+    /// `cohort`, else nats-server (with `nats_conf`), on a free loopback port.
+    pub fn start(
+        kind: &str,
+        cohort_binary: &Path,
+        cohort_toml: &str,
+        nats_conf: &str,
+    ) -> BrokerProcess {
+        if kind != "cohort" {
+            return BrokerProcess::Nats(NatsServer::start(nats_conf));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("broker.toml");
+        std::fs::write(&config, cohort_toml).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(cohort_binary)
+            .args(["broker", "--listen", &addr.to_string(), "--config"])
+            .arg(&config)
+            .env("COHORT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_listener(addr, Duration::from_secs(10)),
+            "cohort broker did not start on {addr}"
+        );
+        BrokerProcess::Cohort(child, addr, dir)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            BrokerProcess::Cohort(_, addr, _) => *addr,
+            BrokerProcess::Nats(server) => server.addr(),
+        }
+    }
+
+    /// `nats://host:port`.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr())
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        match self {
+            BrokerProcess::Cohort(child, _, _) => child.id(),
+            BrokerProcess::Nats(server) => server.pid(),
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let BrokerProcess::Cohort(child, _, _) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

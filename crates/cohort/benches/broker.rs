@@ -14,13 +14,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_test_support::{NatsServer, free_port, rss_kib, wait_for_listener};
+use cohort_test_support::{BrokerProcess, rss_kib};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,50 +31,15 @@ const RESPONDERS: usize = 1000;
 const ROUNDS: usize = 100;
 const IDLE: usize = 10_000;
 
-enum Server {
-    Cohort(Child),
-    Nats(NatsServer),
-}
-
-impl Server {
-    fn start(kind: &str) -> (Server, SocketAddr) {
-        match kind {
-            "cohort" => {
-                let port = free_port();
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-                    .args(["broker", "--listen", &addr.to_string()])
-                    .env("COHORT_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .unwrap();
-                assert!(wait_for_listener(addr, Duration::from_secs(10)));
-                (Server::Cohort(child), addr)
-            }
-            _ => {
-                let server = NatsServer::start("max_connections: 100000");
-                let addr = server.addr();
-                (Server::Nats(server), addr)
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        match self {
-            Server::Cohort(child) => child.id(),
-            Server::Nats(server) => server.pid(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Server::Cohort(child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn start(kind: &str) -> (BrokerProcess, SocketAddr) {
+    let broker = BrokerProcess::start(
+        kind,
+        std::path::Path::new(env!("CARGO_BIN_EXE_cohort")),
+        "",
+        "max_connections: 100000",
+    );
+    let addr = broker.addr();
+    (broker, addr)
 }
 
 /// A raw subscriber that only counts bytes: every delivered frame has the same length, so the
@@ -218,14 +182,14 @@ fn main() {
         let mut fan = Vec::new();
         let mut scatter = Vec::new();
         for _ in 0..runs {
-            let (server, addr) = Server::start(kind);
+            let (server, addr) = start(kind);
             fan.push(runtime.block_on(fan_out(addr)));
             drop(server);
-            let (server, addr) = Server::start(kind);
+            let (server, addr) = start(kind);
             scatter.push(runtime.block_on(scatter_gather(addr)));
             drop(server);
         }
-        let (server, addr) = Server::start(kind);
+        let (server, addr) = start(kind);
         let (rss, per_conn) = runtime.block_on(idle_memory(addr, server.pid()));
         drop(server);
         eprintln!("{kind}: fan-out {fan:?}, scatter/gather {scatter:?}, idle {per_conn:.0} B/conn");

@@ -21,60 +21,26 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cohort_client::{Call, Client, ClientOptions, DiscoveryOptions, Targets};
 use cohort_daemon::sim::Fleet;
 use cohort_proto::{AgentName, Collective, Filter};
-use cohort_test_support::{NatsServer, free_port, rss_kib, wait_for_listener};
+use cohort_test_support::{BrokerProcess, rss_kib};
 
-enum Broker {
-    Cohort(Child),
-    Nats(NatsServer),
-}
-
-impl Broker {
-    fn start(kind: &str) -> (Broker, String) {
-        // One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one
-        // client to read, more than the default 64 MiB a broker queues for one connection before
-        // calling it a slow consumer. docs/scaling.md: size max_pending to the largest burst.
-        if kind == "nats" {
-            let server = NatsServer::start("max_connections: 100000\nmax_pending: 1073741824");
-            let url = server.url();
-            return (Broker::Nats(server), url);
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config =
-            std::env::temp_dir().join(format!("cohort-bench-broker-{}.toml", std::process::id()));
-        std::fs::write(&config, "max_pending = 1073741824\n").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(["broker", "--listen", &addr.to_string(), "--config"])
-            .arg(&config)
-            .env("COHORT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_listener(addr, Duration::from_secs(10)));
-        (Broker::Cohort(child), format!("nats://{addr}"))
-    }
-
-    fn pid(&self) -> u32 {
-        match self {
-            Broker::Cohort(child) => child.id(),
-            Broker::Nats(server) => server.pid(),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Broker::Cohort(child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
+/// to read, more than the default 64 MiB a broker queues for one connection before calling it
+/// a slow consumer. docs/scaling.md: size max_pending to the largest burst.
+fn start_broker(kind: &str) -> (BrokerProcess, String) {
+    let broker = BrokerProcess::start(
+        kind,
+        std::path::Path::new(env!("CARGO_BIN_EXE_cohort")),
+        "max_pending = 1073741824\n",
+        "max_connections: 100000\nmax_pending: 1073741824",
+    );
+    let url = broker.url();
+    (broker, url)
 }
 
 async fn client(url: &str) -> Client {
@@ -245,7 +211,7 @@ fn main() {
     let mut broker_rss = Vec::new();
     for kind in &brokers {
         for &n in &sizes {
-            let (broker, url) = Broker::start(kind);
+            let (broker, url) = start_broker(kind);
             let idle_rss = rss_kib(broker.pid());
             let started = Instant::now();
             let fleet = nodes_runtime.block_on(Fleet::start(&url, n, 7)).unwrap();
@@ -320,7 +286,7 @@ fn main() {
 
 /// One `cohort daemon` as its own process: RSS idle, and after 10,000 requests.
 fn daemon_memory(runtime: &tokio::runtime::Runtime) {
-    let (broker, url) = Broker::start("cohort");
+    let (broker, url) = start_broker("cohort");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("daemon.toml");
     std::fs::write(&config, "registration_interval = \"0s\"\n").unwrap();
