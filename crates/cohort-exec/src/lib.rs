@@ -65,7 +65,7 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(ExecError::Spawn)?;
+    let mut child = spawn(&mut command).await?;
     let pgid = child.id();
     let input = child.stdin.take();
     let stdout = child.stdout.take();
@@ -106,6 +106,23 @@ pub async fn run(
     }
     let status = status.map_err(ExecError::Wait)?;
     Ok(Finished { stdout, stderr, status })
+}
+
+/// Starts the child, retrying briefly on `ETXTBSY`: an executable just written (an installed
+/// agent or boot action) can be "busy" while another thread's fork still holds the writing
+/// descriptor for the instant before that child's exec closes it.
+async fn spawn(command: &mut tokio::process::Command) -> Result<tokio::process::Child, ExecError> {
+    const ETXTBSY: i32 = 26;
+    let mut attempt = 0;
+    loop {
+        match command.spawn() {
+            Err(err) if err.raw_os_error() == Some(ETXTBSY) && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+            }
+            result => return result.map_err(ExecError::Spawn),
+        }
+    }
 }
 
 fn kill_group(pgid: Option<u32>) {
