@@ -449,9 +449,12 @@ async fn echo_off(kind: Kind) {
     settle(&listener).await;
     quiet.publish("chat", Bytes::from_static(b"mine")).await.unwrap();
     quiet.flush().await.unwrap();
+    // `flush` only empties the client's socket buffer; it is not a server round trip. Hearing
+    // "mine" proves the server routed it before "yours" is sent, so an echo of "mine" to the
+    // quiet client would be queued ahead of "yours" and caught below.
+    assert_eq!(next(&mut theirs).await.payload, Bytes::from_static(b"mine"));
     listener.publish("chat", Bytes::from_static(b"yours")).await.unwrap();
     listener.flush().await.unwrap();
-    assert_eq!(next(&mut theirs).await.payload, Bytes::from_static(b"mine"));
     assert_eq!(next(&mut theirs).await.payload, Bytes::from_static(b"yours"));
     assert_eq!(next(&mut own).await.payload, Bytes::from_static(b"yours"));
     nothing_more(&mut own).await;
