@@ -329,6 +329,19 @@ async fn cohort(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
             config.insert(key.into(), Value::from(value));
         }
     }
+    // The daemon's [security] table, passed through (the daemon checks it when it starts).
+    match param(action, "security") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(table)) => {
+            config.insert("security".into(), Value::Object(table.clone()));
+        }
+        Some(other) => {
+            return Err(format!(
+                "{}: `security` must be a map of the daemon's [security] keys, not {other}",
+                action.name
+            ));
+        }
+    }
     let text = toml::to_string(&config).map_err(|err| err.to_string())?;
     let path = &ctx.layout.daemon_config;
     write_atomic(

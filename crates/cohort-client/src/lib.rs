@@ -7,13 +7,16 @@
 //! be made (no broker, a subject the broker refused).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cohort_proto::{
     AgentName, Collective, DISCOVERY_AGENT, Filter, Identity, PROTOCOL, Reply, Request, RequestId,
     RpcBody, VERSION, broadcast_subject, node_subject, now_ms, reply_subject,
 };
-use futures::StreamExt;
+use cohort_security::{Role, Signer, Trust};
+use futures::{FutureExt, StreamExt};
 use rand::RngCore;
 use serde_json::{Map, Value};
 
@@ -22,12 +25,37 @@ use serde_json::{Map, Value};
 pub struct ClientOptions {
     /// Broker URLs, tried in turn.
     pub brokers: Vec<String>,
-    /// Who is asking, `kind=name` (`user=alice`).
+    /// Who is asking, `kind=name` (`user=alice`); replaced by the credential's caller id when
+    /// the client signs.
     pub caller: String,
     /// The host asking.
     pub sender: String,
     /// How long to try to reach a broker before giving up.
     pub connect_timeout: Duration,
+    /// Signing, reply verification and TLS.
+    pub security: ClientSecurity,
+}
+
+/// How the client proves who it is and checks who answers.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSecurity {
+    /// Key and credential to sign requests with (and to log in to the broker with its nkey).
+    /// Without it requests are unsigned, which only insecure (lab) nodes accept.
+    pub signer: Option<Signer>,
+    /// Issuers whose node credentials the client believes. With it, every reply must be signed
+    /// by a node credential for the identity it claims; without it replies are not checked.
+    pub trust: Option<Arc<Trust>>,
+    /// CA certificate of the broker's TLS certificate; TLS is then required.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// A reply that arrived but did not verify: counted and shown, never merged with results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    /// The node it claims to be from, when that much could be read.
+    pub sender: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 /// Why a call could not be made at all.
@@ -80,6 +108,8 @@ pub struct Discovered {
     pub elapsed: Duration,
     /// Whether the network was asked at all (`false` for literal identities).
     pub networked: bool,
+    /// Discovery replies that did not verify (not counted as nodes).
+    pub unverified: Vec<Unverified>,
 }
 
 /// Where a request goes.
@@ -145,6 +175,7 @@ impl CallResult {
                 failed: 0,
                 no_responses: Vec::new(),
                 unexpected: Vec::new(),
+                unverified: Vec::new(),
                 start_time: SystemTime::now(),
                 request_time: Duration::ZERO,
             },
@@ -169,10 +200,141 @@ pub struct CallStats {
     pub no_responses: Vec<Identity>,
     /// Nodes that answered without being expected, sorted.
     pub unexpected: Vec<Identity>,
+    /// Replies that did not verify (forged, unsigned, or signed by someone else).
+    pub unverified: Vec<Unverified>,
     /// When the request was sent.
     pub start_time: SystemTime,
     /// From publishing to the last reply (or the timeout).
     pub request_time: Duration,
+}
+
+/// What arrived on a reply subscription.
+enum Incoming {
+    /// The broker says nobody listens on a subject (the `Nats-Subject` header, when given).
+    NoResponders(Option<String>),
+    /// A reply that decoded and, when the client trusts issuers, verified.
+    Reply(Reply),
+    /// A reply that did not verify.
+    Unverified(Unverified),
+}
+
+/// Messages verified together at most.
+const BATCH: usize = 256;
+
+/// A reply subscription that checks signatures in batches: whatever has already arrived when
+/// the first message is taken is verified together (a large fleet answers at once, and batch
+/// verification costs about half as much per reply).
+struct Replies {
+    sub: async_nats::Subscriber,
+    security: ClientSecurity,
+    ready: std::collections::VecDeque<Incoming>,
+}
+
+impl Replies {
+    fn new(sub: async_nats::Subscriber, security: &ClientSecurity) -> Replies {
+        Replies { sub, security: security.clone(), ready: std::collections::VecDeque::new() }
+    }
+
+    /// The next reply, status or refusal; `None` when the subscription ended. Cancel-safe: the
+    /// only wait is for the subscription's next message, and everything taken is kept in
+    /// `ready` before the next wait.
+    async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            let first = self.sub.next().await?;
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match self.sub.next().now_or_never() {
+                    Some(Some(message)) => batch.push(message),
+                    _ => break,
+                }
+            }
+            self.ready.extend(decode_batch(&self.security, batch));
+        }
+    }
+
+    async fn unsubscribe(&mut self) {
+        let _ = self.sub.unsubscribe().await;
+    }
+}
+
+/// Decodes and, when the client trusts issuers, verifies a batch of messages in order. A reply
+/// counts only when it is signed by a node credential for the identity it names. Undecodable
+/// noise is dropped.
+fn decode_batch(security: &ClientSecurity, batch: Vec<async_nats::Message>) -> Vec<Incoming> {
+    let claimed = |message: &str| {
+        Reply::from_bytes(message.as_bytes()).ok().map(|reply| reply.sender.to_string())
+    };
+    let mut out: Vec<Option<Incoming>> = Vec::with_capacity(batch.len());
+    let mut sealed: Vec<(usize, &[u8])> = Vec::new();
+    for message in &batch {
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            let subject = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Subject"))
+                .map(|v| v.as_str().to_owned());
+            out.push(Some(Incoming::NoResponders(subject)));
+            continue;
+        }
+        let payload = message.payload.as_ref();
+        if !cohort_security::is_sealed(payload) {
+            let item = match Reply::from_bytes(payload) {
+                Err(_) => None,
+                Ok(reply) if security.trust.is_some() => Some(Incoming::Unverified(Unverified {
+                    sender: Some(reply.sender.to_string()),
+                    reason: "unsigned reply".to_owned(),
+                })),
+                Ok(reply) => Some(Incoming::Reply(reply)),
+            };
+            out.push(item);
+            continue;
+        }
+        if security.trust.is_none() {
+            let reply = cohort_security::peek(payload)
+                .ok()
+                .and_then(|message| Reply::from_bytes(message.as_bytes()).ok());
+            out.push(reply.map(Incoming::Reply));
+            continue;
+        }
+        sealed.push((out.len(), payload));
+        out.push(None);
+    }
+    if let Some(trust) = &security.trust {
+        let now = now_ms(SystemTime::now()) / 1000;
+        let payloads: Vec<&[u8]> = sealed.iter().map(|(_, payload)| *payload).collect();
+        let opened = cohort_security::open_many(&payloads, trust, now);
+        for ((index, payload), result) in sealed.iter().zip(opened) {
+            out[*index] = match result {
+                Err(err) => Some(Incoming::Unverified(Unverified {
+                    sender: cohort_security::peek(payload).ok().and_then(|m| claimed(&m)),
+                    reason: err.to_string(),
+                })),
+                Ok(opened) => match Reply::from_bytes(opened.message.as_bytes()) {
+                    Err(_) => None,
+                    Ok(reply) => {
+                        let signer = &opened.signer;
+                        if signer.claims.role == Role::Node
+                            && signer.claims.name == reply.sender.as_str()
+                        {
+                            Some(Incoming::Reply(reply))
+                        } else {
+                            Some(Incoming::Unverified(Unverified {
+                                sender: Some(reply.sender.to_string()),
+                                reason: format!(
+                                    "reply from {} is signed by {}",
+                                    reply.sender, signer.caller
+                                ),
+                            }))
+                        }
+                    }
+                },
+            };
+        }
+    }
+    out.into_iter().flatten().collect()
 }
 
 /// A call's result plus the final expected set (discovery latecomers included).
@@ -188,7 +350,8 @@ const GRACE: Duration = Duration::from_millis(5);
 
 /// Discovery's reply subscription and its adaptive quiet window.
 struct DiscoverySession {
-    replies: async_nats::Subscriber,
+    replies: Replies,
+    unverified: Vec<Unverified>,
     id: RequestId,
     sent: Instant,
     /// Discovery ends once no reply arrived for this long. It adapts to the network: a fleet
@@ -207,14 +370,16 @@ impl DiscoverySession {
             if self.silent {
                 return None;
             }
-            let message = self.replies.next().await?;
-            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                self.silent = true;
-                return None;
-            }
-            let Ok(reply) = Reply::from_bytes(&message.payload) else {
-                tracing::debug!("ignoring an undecodable discovery reply");
-                continue;
+            let reply = match self.replies.next().await? {
+                Incoming::NoResponders(_) => {
+                    self.silent = true;
+                    return None;
+                }
+                Incoming::Reply(reply) => reply,
+                Incoming::Unverified(unverified) => {
+                    self.unverified.push(unverified);
+                    continue;
+                }
             };
             if reply.request_id != self.id {
                 continue;
@@ -280,7 +445,12 @@ pub fn literal_identities(filter: &Filter) -> Option<BTreeSet<Identity>> {
 
 impl Client {
     /// Connects to the first reachable broker, failing after `connect_timeout`.
-    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+    pub async fn connect(mut options: ClientOptions) -> Result<Client, ClientError> {
+        if let Some(signer) = &options.security.signer {
+            // Reply subjects are derived from the caller id, and the broker lets a credential
+            // read only its own; the two must agree.
+            options.caller = signer.caller();
+        }
         let mut servers = Vec::new();
         for url in &options.brokers {
             servers.push(
@@ -289,7 +459,14 @@ impl Client {
             );
         }
         let brokers = options.brokers.join(", ");
-        let connect = async_nats::ConnectOptions::new()
+        let mut connect = async_nats::ConnectOptions::new();
+        if let Some(signer) = &options.security.signer {
+            connect = connect.nkey(signer.key().seed());
+        }
+        if let Some(ca) = &options.security.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let connect = connect
             .name(format!("cohort client {}", options.caller))
             .connection_timeout(options.connect_timeout)
             .connect(servers);
@@ -306,6 +483,19 @@ impl Client {
                 }
             };
         Ok(Client { nats, options })
+    }
+
+    /// The caller id requests carry.
+    pub fn caller(&self) -> &str {
+        &self.options.caller
+    }
+
+    /// The request as it goes on the wire: signed when the client has a credential.
+    fn encode(&self, request: &Request) -> Vec<u8> {
+        match &self.options.security.signer {
+            Some(signer) => signer.seal(&String::from_utf8_lossy(&request.to_bytes())),
+            None => request.to_bytes(),
+        }
     }
 
     /// The underlying connection, for tools that need more than this API.
@@ -349,7 +539,7 @@ impl Client {
     ) -> Result<Discovered, ClientError> {
         let (discovered, session) = self.discover_session(filter, options, on_reply).await?;
         if let Some(mut session) = session {
-            let _ = session.replies.unsubscribe().await;
+            session.replies.unsubscribe().await;
         }
         Ok(discovered)
     }
@@ -363,7 +553,13 @@ impl Client {
     ) -> Result<(Discovered, Option<DiscoverySession>), ClientError> {
         let started = Instant::now();
         if let Some(nodes) = literal_identities(filter) {
-            return Ok((Discovered { nodes, elapsed: started.elapsed(), networked: false }, None));
+            let discovered = Discovered {
+                nodes,
+                elapsed: started.elapsed(),
+                networked: false,
+                unverified: Vec::new(),
+            };
+            return Ok((discovered, None));
         }
         let id = new_request_id();
         let discovery =
@@ -388,13 +584,14 @@ impl Client {
             .publish_with_reply(
                 broadcast_subject(&options.collective, &discovery),
                 reply_to,
-                request.to_bytes().into(),
+                self.encode(&request).into(),
             )
             .await
             .map_err(|err| ClientError::Bus(err.to_string()))?;
         let _ = self.nats.flush().await;
         let mut session = DiscoverySession {
-            replies,
+            replies: Replies::new(replies, &self.options.security),
+            unverified: Vec::new(),
             id,
             sent,
             window: options.quiet,
@@ -430,7 +627,12 @@ impl Client {
             }
             deadline = (tokio::time::Instant::now() + session.window).min(hard_deadline);
         }
-        let discovered = Discovered { nodes, elapsed: started.elapsed(), networked: true };
+        let discovered = Discovered {
+            nodes,
+            elapsed: started.elapsed(),
+            networked: true,
+            unverified: std::mem::take(&mut session.unverified),
+        };
         Ok((discovered, Some(session)))
     }
 
@@ -457,7 +659,7 @@ impl Client {
         if discovered.nodes.is_empty() {
             // Nothing matched: nothing is sent (latecomers have nothing to join).
             if let Some(mut session) = session {
-                let _ = session.replies.unsubscribe().await;
+                session.replies.unsubscribe().await;
             }
             return Ok((discovered, CallResult::empty()));
         }
@@ -497,12 +699,14 @@ impl Client {
             call.ttl,
         );
         let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
-        let mut incoming = self
-            .nats
-            .subscribe(reply_to.clone())
-            .await
-            .map_err(|err| ClientError::Bus(err.to_string()))?;
-        let bytes: bytes::Bytes = request.to_bytes().into();
+        let mut incoming = Replies::new(
+            self.nats
+                .subscribe(reply_to.clone())
+                .await
+                .map_err(|err| ClientError::Bus(err.to_string()))?,
+            &self.options.security,
+        );
+        let bytes: bytes::Bytes = self.encode(&request).into();
         let sent = Instant::now();
         match &call.targets {
             Targets::Broadcast { .. } => {
@@ -529,6 +733,7 @@ impl Client {
         let mut outstanding = expected.clone();
         let mut seen: BTreeSet<Identity> = BTreeSet::new();
         let mut replies = Vec::new();
+        let mut unverified = Vec::new();
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
         let direct = matches!(call.targets, Targets::Direct(_));
@@ -544,32 +749,31 @@ impl Client {
                 _ => deadline,
             };
             tokio::select! {
-                message = incoming.next() => {
-                    let Some(message) = message else { break };
-                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                incoming_item = incoming.next() => {
+                    let reply = match incoming_item {
+                        None => break,
                         // Which subject had nobody: a node's own subject means that node is not
                         // connected; a broadcast subject means no node hosts the agent.
-                        let subject = message.headers.as_ref().and_then(|h| h.get("Nats-Subject")).map(|v| v.as_str().to_owned());
-                        match subject.as_deref().and_then(|s| s.strip_prefix(&node_prefix)) {
-                            Some(node) => {
-                                if let Ok(node) = Identity::new(node) {
-                                    outstanding.remove(&node);
+                        Some(Incoming::NoResponders(subject)) => {
+                            match subject.as_deref().and_then(|s| s.strip_prefix(&node_prefix)) {
+                                Some(node) => {
+                                    if let Ok(node) = Identity::new(node) {
+                                        outstanding.remove(&node);
+                                    }
+                                    if outstanding.is_empty() && late.is_none() {
+                                        break;
+                                    }
                                 }
-                                if outstanding.is_empty() && late.is_none() {
-                                    break;
-                                }
+                                None => break,
                             }
-                            None => break,
-                        }
-                        continue;
-                    }
-                    let reply = match Reply::from_bytes(&message.payload) {
-                        Ok(reply) if reply.request_id == id => reply,
-                        Ok(_) => continue,
-                        Err(err) => {
-                            tracing::debug!("ignoring an undecodable reply: {err}");
                             continue;
                         }
+                        Some(Incoming::Unverified(found)) => {
+                            unverified.push(found);
+                            continue;
+                        }
+                        Some(Incoming::Reply(reply)) if reply.request_id == id => reply,
+                        Some(Incoming::Reply(_)) => continue,
                     };
                     if !seen.insert(reply.sender.clone()) {
                         continue;
@@ -601,9 +805,10 @@ impl Client {
             }
         }
         let request_time = sent.elapsed();
-        let _ = incoming.unsubscribe().await;
+        incoming.unsubscribe().await;
         if let Some(mut session) = late {
-            let _ = session.replies.unsubscribe().await;
+            unverified.append(&mut session.unverified);
+            session.replies.unsubscribe().await;
         }
         let ok = replies.iter().filter(|r| r.reply.status == cohort_proto::StatusCode::Ok).count();
         let unexpected: Vec<Identity> =
@@ -618,6 +823,7 @@ impl Client {
             failed: replies.len() - ok,
             no_responses,
             unexpected,
+            unverified,
             start_time,
             request_time,
         };

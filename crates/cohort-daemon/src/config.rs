@@ -1,6 +1,7 @@
 //! Daemon configuration: the TOML file (`/etc/cohort/daemon.toml` by default) and its checks.
 //! Command-line flags override file values; the binary applies them before [`Config::validate`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,6 +49,72 @@ pub struct Config {
     pub nrpe_allow_arguments: bool,
     /// Where to look for Puppet's state (`puppet_enabled` and friends), first found wins.
     pub puppet_state_dirs: Vec<PathBuf>,
+    /// Signing, trust, authorization, audit and TLS.
+    pub security: SecurityConfig,
+}
+
+/// The `[security]` table. Without `issuers`, `key` and `credential` the daemon refuses to
+/// start unless `insecure` is set (labs only).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Run without signatures, replay protection or authorization. For labs only.
+    pub insecure: bool,
+    /// Trusted issuers: public keys (`O…`) or files holding one.
+    pub issuers: Vec<String>,
+    /// The node's private key (nkeys seed file, mode 0600).
+    pub key: Option<PathBuf>,
+    /// The node's credential, issued by a trusted issuer for this identity with role `node`.
+    pub credential: Option<PathBuf>,
+    /// Revocation list signed by a trusted issuer.
+    pub revocations: Option<PathBuf>,
+    /// Directory of `<agent>.policy` files and the `groups` file.
+    pub policies: PathBuf,
+    /// Default for agents with no policy file and no entry in `policy_defaults`: `allow` or
+    /// `deny`. Unset: built-in read-only agents (rpcutil, nrpe, discovery) are allowed and
+    /// every other agent is denied.
+    pub policy_default: Option<String>,
+    /// Per-agent defaults, `agent = "allow"|"deny"`.
+    pub policy_defaults: BTreeMap<String, String>,
+    /// JSON-lines audit log; unset for none.
+    pub audit_log: Option<PathBuf>,
+    /// CA certificate that signed the broker's TLS certificate; TLS is then required.
+    pub tls_ca: Option<PathBuf>,
+    /// Request ids remembered by the replay cache at most.
+    pub replay_cache_size: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> SecurityConfig {
+        SecurityConfig {
+            insecure: false,
+            issuers: Vec::new(),
+            key: None,
+            credential: None,
+            revocations: None,
+            policies: PathBuf::from("/etc/cohort/policies"),
+            policy_default: None,
+            policy_defaults: BTreeMap::new(),
+            audit_log: None,
+            tls_ca: None,
+            replay_cache_size: crate::security::DEFAULT_REPLAY_CAPACITY,
+        }
+    }
+}
+
+/// Parses `allow`/`deny` for the key `key`.
+pub fn parse_decision(
+    key: &'static str,
+    text: &str,
+) -> Result<cohort_security::Decision, ConfigError> {
+    match text {
+        "allow" => Ok(cohort_security::Decision::Allow),
+        "deny" => Ok(cohort_security::Decision::Deny),
+        other => Err(ConfigError::Invalid {
+            key,
+            message: format!("expected \"allow\" or \"deny\", found {other:?}"),
+        }),
+    }
 }
 
 impl Default for Config {
@@ -71,6 +138,7 @@ impl Default for Config {
             nrpe_timeout: Duration::from_secs(60),
             nrpe_allow_arguments: false,
             puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -127,6 +195,38 @@ impl Config {
         if self.max_agent_output < 1024 {
             return invalid("max_agent_output", "must be at least 1024 bytes");
         }
+        let security = &self.security;
+        if let Some(default) = &security.policy_default {
+            parse_decision("security.policy_default", default)?;
+        }
+        for value in security.policy_defaults.values() {
+            parse_decision("security.policy_defaults", value)?;
+        }
+        if security.replay_cache_size == 0 {
+            return invalid("security.replay_cache_size", "must be at least 1");
+        }
+        if !security.insecure {
+            let mut missing = Vec::new();
+            if security.issuers.is_empty() {
+                missing.push("issuers");
+            }
+            if security.key.is_none() {
+                missing.push("key");
+            }
+            if security.credential.is_none() {
+                missing.push("credential");
+            }
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "security",
+                    message: format!(
+                        "security is not configured (missing {}); set them in [security] \
+                         (see docs/security.md) or run with --insecure, for labs only",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -147,6 +247,11 @@ mod tests {
              collectives = [\"cohort\", \"eu\"]\nregistration_interval = \"30s\"\n",
         )
         .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("missing issuers, key, credential"), "{err}");
+        assert!(err.contains("--insecure"), "{err}");
+        let mut config = config;
+        config.security.insecure = true;
         config.validate().unwrap();
         assert_eq!(config.collectives.len(), 2);
         assert_eq!(config.registration_interval, Duration::from_secs(30));
@@ -158,5 +263,13 @@ mod tests {
         assert!(err.contains("invalid collective"), "{err}");
         let config = Config { brokers: vec!["::bad::".into()], ..Config::default() };
         assert!(config.validate().unwrap_err().to_string().starts_with("brokers:"));
+        let err = Config::from_toml("[security]\ninsecure = true\npolicy_default = \"maybe\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("security.policy_default") && err.contains("maybe"), "{err}");
+        let err = Config::from_toml("[security]\nissuer = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("issuer"), "{err}");
     }
 }

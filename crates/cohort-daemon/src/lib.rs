@@ -2,12 +2,13 @@
 //! simulator run many times in one process.
 //!
 //! A node receives requests from the bus, and for each one runs the pipeline in [`pipeline`]:
-//! decode → verify → TTL → filter → agent and action lookup → DDL validation → dispatch (with
-//! the DDL timeout) → reply. Partial failure is data: an agent that fails, crashes or hangs
+//! decode → verify → TTL → replay → filter → authorize → agent and action lookup → DDL
+//! validation → dispatch (with the DDL timeout) → audit → signed reply. Partial failure is data: an agent that fails, crashes or hangs
 //! produces a reply with a status code, never a daemon failure. [`run`] owns the bus side:
 //! subscriptions, bounded concurrency, registration, reloads and graceful shutdown.
 
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod external;
 pub mod facts;
@@ -15,6 +16,7 @@ pub mod nrpe;
 pub mod pipeline;
 pub mod rpcutil;
 pub mod run;
+pub mod security;
 pub mod sim;
 pub mod stats;
 

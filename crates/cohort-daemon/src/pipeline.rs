@@ -1,14 +1,16 @@
 //! The node's request pipeline, independent of the bus: bytes in, an optional reply out.
 //!
-//! decode → verify → TTL → filter → agent/action lookup → DDL validation → dispatch (DDL
-//! timeout) → reply. Requests that fail to decode, verify, or are expired or filtered out get
-//! no reply (the client's "no response" accounting covers them); everything after the filter
-//! gets a reply with a status code. The verify stage accepts every request for now: the
-//! security work fills it in with signature, credential and replay checks.
+//! decode → verify (signature, credential chain, role, caller) → TTL → replay → filter →
+//! authorize → agent/action lookup → DDL validation → dispatch (DDL timeout) → audit → reply
+//! (signed). Requests refused before the filter (undecodable, unsigned, forged, expired,
+//! replayed) get no reply, are counted and are audited; requests filtered out are simply not
+//! for this node; everything after the filter gets a reply with a status code, a policy denial
+//! being status 1. A node running insecure (labs only) skips verification, replay and
+//! authorization, and still reads requests from clients that sign.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cohort_ddl::validate_inputs;
 use cohort_proto::{
@@ -18,7 +20,9 @@ use cohort_proto::{
 use serde_json::{Map, Value};
 
 use crate::agent::{ActionRequest, Agent, Context, Outcome};
+use crate::audit::{AuditDecision, AuditLog, AuditRecord, redact};
 use crate::facts::Facts;
+use crate::security::NodeSecurity;
 use crate::stats::Stats;
 
 /// Everything a node is, shared by its pipeline and its bus loop.
@@ -35,6 +39,8 @@ pub struct NodeState {
     config_file: Option<PathBuf>,
     config_items: Arc<Map<String, Value>>,
     clock_skew: Duration,
+    security: Option<Arc<NodeSecurity>>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// The agents hosted, and their names (with `discovery`) as filters see them: computed once
@@ -90,6 +96,43 @@ impl NodeState {
             config_file,
             config_items: Arc::new(config_items),
             clock_skew,
+            security: None,
+            audit: None,
+        }
+    }
+
+    /// Turns security on: requests must be signed and authorized, replies are signed.
+    pub fn with_security(mut self, security: Arc<NodeSecurity>) -> NodeState {
+        self.security = Some(security);
+        self
+    }
+
+    /// Records every request in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> NodeState {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The security settings, when on.
+    pub fn security(&self) -> Option<&Arc<NodeSecurity>> {
+        self.security.as_ref()
+    }
+
+    /// The audit log, when on.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// The bytes to publish for `reply`: signed when security is on.
+    pub fn reply_bytes(&self, reply: &Reply) -> Vec<u8> {
+        self.outgoing(reply.to_bytes())
+    }
+
+    /// Signs an outgoing envelope when security is on.
+    pub fn outgoing(&self, envelope: Vec<u8>) -> Vec<u8> {
+        match &self.security {
+            Some(security) => security.signer.seal(&String::from_utf8_lossy(&envelope)),
+            None => envelope,
         }
     }
 
@@ -139,30 +182,35 @@ impl NodeState {
     /// Runs the whole pipeline for one message received at `now`.
     pub async fn handle(&self, payload: &[u8], now: SystemTime) -> Handled {
         Stats::bump(&self.stats.total);
-        let request = match Request::from_bytes(payload) {
-            Ok(request) => request,
-            Err(err) => {
-                Stats::bump(&self.stats.invalid);
-                tracing::debug!(node = %self.identity, "dropping undecodable message: {err}");
-                return Handled::Ignored("undecodable");
+        let started = Instant::now();
+        let (request, verified) = match self.decode(payload, now) {
+            Ok(decoded) => decoded,
+            Err(refusal) => {
+                tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
+                self.refuse(refusal.claimed.as_deref(), false, &refusal.reason, now);
+                return Handled::Ignored(refusal.kind);
             }
         };
-        if let Err(reason) = verify(&request) {
-            Stats::bump(&self.stats.invalid);
-            tracing::warn!(node = %self.identity, request = %request.id, "refusing request: {reason}");
-            return Handled::Ignored("unverified");
-        }
         let age_ms = now_ms(now) - request.time;
         let skew_ms = i64::try_from(self.clock_skew.as_millis()).unwrap_or(i64::MAX);
         if age_ms > i64::from(request.ttl) * 1000 || -age_ms > skew_ms {
             Stats::bump(&self.stats.ttl_expired);
-            tracing::info!(
-                node = %self.identity,
-                request = %request.id,
-                "request created {age_ms} ms ago with a TTL of {} s: ignoring it",
+            let reason = format!(
+                "request created {age_ms} ms ago with a TTL of {} s (clock skew allowed: {skew_ms} ms)",
                 request.ttl
             );
+            tracing::info!(node = %self.identity, request = %request.id, "ignoring it: {reason}");
+            self.refuse(Some(&request), verified, &reason, now);
             return Handled::Ignored("expired");
+        }
+        if let Some(security) = &self.security {
+            let expires = request.time + i64::from(request.ttl) * 1000 + skew_ms;
+            if let Err(err) = security.admit(request.id.as_str(), expires, now_ms(now)) {
+                Stats::bump(&self.stats.replayed);
+                tracing::warn!(node = %self.identity, caller = %request.caller, "refusing: {err}");
+                self.refuse(Some(&request), verified, &err.to_string(), now);
+                return Handled::Ignored("replayed");
+            }
         }
         if !self.collectives.contains(&request.collective) {
             Stats::bump(&self.stats.filtered);
@@ -181,13 +229,44 @@ impl NodeState {
             return Handled::Ignored("filtered");
         }
         Stats::bump(&self.stats.passed);
-        let outcome = if request.agent.as_str() == DISCOVERY_AGENT {
+        let verdict = self.security.as_ref().map(|security| {
+            security.authorizer().authorize(
+                request.agent.as_str(),
+                &request.caller,
+                &request.body.action,
+                &node,
+            )
+        });
+        let denied = verdict
+            .as_ref()
+            .is_some_and(|verdict| verdict.decision == cohort_security::Decision::Deny);
+        let outcome = if denied {
+            Stats::bump(&self.stats.unauthorized);
+            Outcome::fail(
+                StatusCode::Aborted,
+                "You are not authorized to call this agent or action.".to_owned(),
+            )
+        } else if request.agent.as_str() == DISCOVERY_AGENT {
             let mut data = Map::new();
             data.insert("pong".to_owned(), Value::Bool(true));
             Outcome::ok(data)
         } else {
             self.dispatch(&request, &hosted.agents).await
         };
+        if let Some(audit) = &self.audit {
+            let mut record = self.record(
+                &request,
+                verified,
+                if denied { AuditDecision::Deny } else { AuditDecision::Allow },
+                now,
+            );
+            record.inputs = Some(self.redacted_inputs(&request, &hosted.agents));
+            record.rule = verdict.map(|verdict| verdict.rule);
+            record.reason = (outcome.status != StatusCode::Ok).then(|| outcome.message.clone());
+            record.status = Some(outcome.status.code());
+            record.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            audit.write(&record);
+        }
         if !request.body.process_results {
             return Handled::NoReply;
         }
@@ -204,6 +283,114 @@ impl NodeState {
             status_message: outcome.message,
             data: outcome.data,
         }))
+    }
+
+    /// Decodes a message and, on a secure node, verifies who sent it. Returns the request and
+    /// whether its caller is proven.
+    fn decode(&self, payload: &[u8], now: SystemTime) -> Result<(Request, bool), Refusal> {
+        let sealed = cohort_security::is_sealed(payload);
+        let message = match (&self.security, sealed) {
+            (Some(security), true) => {
+                let now_s = now_ms(now) / 1000;
+                let opened = match cohort_security::open(payload, &security.trust(), now_s) {
+                    Ok(opened) => opened,
+                    Err(err) => {
+                        // What the message claims, for the audit log (marked unverified).
+                        let claimed = cohort_security::peek(payload)
+                            .ok()
+                            .and_then(|message| Request::from_bytes(message.as_bytes()).ok());
+                        return Err(self.unverified("unverified", err.to_string(), claimed));
+                    }
+                };
+                let request = self.parse(opened.message.as_bytes())?;
+                let signer = &opened.signer;
+                if !signer.claims.role.may_request() {
+                    let reason = format!(
+                        "{} may not send requests (role {})",
+                        signer.caller, signer.claims.role
+                    );
+                    return Err(self.unverified("unverified", reason, Some(request)));
+                }
+                if request.caller != signer.caller {
+                    let reason = format!(
+                        "request claims caller {:?} but is signed by {}",
+                        request.caller, signer.caller
+                    );
+                    return Err(self.unverified("unverified", reason, Some(request)));
+                }
+                return Ok((request, true));
+            }
+            (Some(_), false) => {
+                let claimed = Request::from_bytes(payload).ok();
+                let reason = "unsigned request: this node requires signatures".to_owned();
+                return Err(self.unverified("unsigned", reason, claimed));
+            }
+            (None, true) => cohort_security::peek(payload).map_err(|err| {
+                Stats::bump(&self.stats.invalid);
+                Refusal { kind: "undecodable", reason: err.to_string(), claimed: None }
+            })?,
+            (None, false) => return Ok((self.parse(payload)?, false)),
+        };
+        Ok((self.parse(message.as_bytes())?, false))
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<Request, Refusal> {
+        Request::from_bytes(bytes).map_err(|err| {
+            Stats::bump(&self.stats.invalid);
+            Refusal { kind: "undecodable", reason: err.to_string(), claimed: None }
+        })
+    }
+
+    fn unverified(&self, kind: &'static str, reason: String, claimed: Option<Request>) -> Refusal {
+        Stats::bump(&self.stats.unverified);
+        Refusal { kind, reason, claimed: claimed.map(Box::new) }
+    }
+
+    fn record(
+        &self,
+        request: &Request,
+        verified: bool,
+        decision: AuditDecision,
+        now: SystemTime,
+    ) -> AuditRecord {
+        let mut record = AuditRecord::new(self.identity.as_str(), decision, now);
+        record.request_id = Some(request.id.to_string());
+        record.request_time = Some(request.time);
+        record.caller = Some(request.caller.clone());
+        record.verified = verified;
+        record.sender = Some(request.sender.clone());
+        record.agent = Some(request.agent.to_string());
+        record.action = Some(request.body.action.clone());
+        record
+    }
+
+    /// Audits a refusal: what is known of the request (nothing of its inputs: a refused
+    /// request is not trusted enough to be copied into the log), and why.
+    fn refuse(&self, request: Option<&Request>, verified: bool, reason: &str, now: SystemTime) {
+        let Some(audit) = &self.audit else { return };
+        let mut record = match request {
+            Some(request) => self.record(request, verified, AuditDecision::Refused, now),
+            None => AuditRecord::new(self.identity.as_str(), AuditDecision::Refused, now),
+        };
+        record.reason = Some(reason.to_owned());
+        audit.write(&record);
+    }
+
+    fn redacted_inputs(&self, request: &Request, agents: &[Arc<dyn Agent>]) -> Map<String, Value> {
+        let sensitive: Vec<&str> = agents
+            .iter()
+            .find(|agent| agent.ddl().metadata.name == request.agent.as_str())
+            .and_then(|agent| agent.ddl().action(&request.body.action))
+            .map(|action| {
+                action
+                    .input
+                    .iter()
+                    .filter(|(_, input)| input.sensitive)
+                    .map(|(name, _)| name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        redact(&request.body.data, &sensitive)
     }
 
     async fn dispatch(&self, request: &Request, agents: &[Arc<dyn Agent>]) -> Outcome {
@@ -258,10 +445,11 @@ impl NodeState {
     }
 }
 
-/// The verify stage. Requests are unsigned until the security work lands; then this checks
-/// the signature, the credential chain, the caller's role and the replay cache.
-fn verify(_request: &Request) -> Result<(), String> {
-    Ok(())
+/// Why a message was refused before the filter, with what it claimed to be (unverified).
+struct Refusal {
+    kind: &'static str,
+    reason: String,
+    claimed: Option<Box<Request>>,
 }
 
 #[cfg(test)]

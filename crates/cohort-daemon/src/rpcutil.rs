@@ -93,6 +93,9 @@ fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
                 "ttlexpired": Stats::get(&stats.ttl_expired),
                 "invalid": Stats::get(&stats.invalid),
                 "replies": Stats::get(&stats.replies),
+                "unverified": Stats::get(&stats.unverified),
+                "replayed": Stats::get(&stats.replayed),
+                "unauthorized": Stats::get(&stats.unauthorized),
             })
         }
         "agent_inventory" => {

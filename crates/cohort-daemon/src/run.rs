@@ -86,6 +86,64 @@ pub struct RunOptions {
     pub shutdown_grace: Duration,
     /// Settings of the built-in agents, for reloads.
     pub agent_settings: AgentSettings,
+    /// Where the authorization policies come from, re-read on reload.
+    pub policies: Option<PolicySource>,
+    /// Where the trusted issuers and the revocation list come from, re-read on reload.
+    pub trust: Option<TrustSource>,
+}
+
+/// The trusted issuers (keys or files) and the revocation list file.
+#[derive(Debug, Clone)]
+pub struct TrustSource {
+    /// Issuer public keys, or files holding them.
+    pub issuers: Vec<String>,
+    /// Revocation list, if any.
+    pub revocations: Option<PathBuf>,
+}
+
+/// The policy directory and the defaults for agents without a policy file.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// Directory of `<agent>.policy` files and `groups`.
+    pub dir: PathBuf,
+    /// Per-agent defaults from configuration.
+    pub defaults: std::collections::HashMap<String, cohort_security::Decision>,
+    /// Default for agents with neither a policy nor a per-agent default.
+    pub fallback: Option<cohort_security::Decision>,
+}
+
+impl PolicySource {
+    /// Reads the policies, logging files that do not parse (their agents are denied).
+    pub fn load(&self) -> cohort_security::Authorizer {
+        let (authorizer, errors) =
+            cohort_keystore::read_policies(&self.dir, self.defaults.clone(), self.fallback);
+        for error in errors {
+            tracing::error!("policy not loaded, denying its agent: {error}");
+        }
+        authorizer
+    }
+}
+
+/// How a node or client proves itself to the broker and checks the broker's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct BusAuth {
+    /// nkeys seed to sign the broker's nonce with (the credential's key).
+    pub nkey_seed: Option<String>,
+    /// CA certificate to verify the broker's TLS certificate against; TLS is then required.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl BusAuth {
+    /// Applies these settings to connection options.
+    pub fn apply(&self, mut options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        if let Some(seed) = &self.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        options
+    }
 }
 
 /// Something the outside world tells a running node.
@@ -102,10 +160,11 @@ pub enum Signal {
 pub async fn connect(
     urls: &[String],
     name: &str,
+    auth: &BusAuth,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers: Vec<async_nats::ServerAddr> =
         urls.iter().filter_map(|url| url.parse().ok()).collect();
-    async_nats::ConnectOptions::new()
+    auth.apply(async_nats::ConnectOptions::new())
         .name(name)
         .retry_on_initial_connect()
         .reconnect_delay_callback(|attempts| {
@@ -168,7 +227,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     let handled = state.handle(&message.payload, SystemTime::now()).await;
                     if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply)
-                        && let Err(err) = client.publish(subject, reply.to_bytes().into()).await
+                        && let Err(err) = client.publish(subject, state.reply_bytes(&reply).into()).await
                     {
                         tracing::warn!("cannot publish reply: {err}");
                     }
@@ -188,6 +247,18 @@ pub async fn run(
                         Err(err) => tracing::error!("resubscribing after reload failed: {err}"),
                     }
                     refresh_facts(&state, facts.as_mut());
+                    if let (Some(security), Some(policies)) = (state.security(), &options.policies) {
+                        security.set_authorizer(policies.load());
+                    }
+                    if let (Some(security), Some(source)) = (state.security(), &options.trust) {
+                        match cohort_keystore::read_trust(&source.issuers, source.revocations.as_deref()) {
+                            Ok(trust) => security.set_trust(trust),
+                            Err(err) => tracing::error!("trust not reloaded, keeping the previous one: {err}"),
+                        }
+                    }
+                    if let Some(audit) = state.audit() {
+                        audit.reopen();
+                    }
                     tracing::info!(agents = ?state.agent_names(), "reloaded");
                 }
                 Some(Signal::Shutdown) | None => break,
@@ -238,8 +309,9 @@ async fn register(client: &async_nats::Client, state: &NodeState) {
         classes: facts.classes.clone(),
         time: now_ms(SystemTime::now()),
     };
-    if let Err(err) =
-        client.publish(registration_subject(main), registration.to_bytes().into()).await
+    if let Err(err) = client
+        .publish(registration_subject(main), state.outgoing(registration.to_bytes()).into())
+        .await
     {
         tracing::warn!("registration not sent: {err}");
     }

@@ -114,6 +114,41 @@ impl crate::agent::Agent for BenchAgent {
     }
 }
 
+/// Security for a simulated fleet: every node gets its own key and a node credential from
+/// `issuer`, trusts only `issuer`, signs its replies and refuses unsigned requests. Policies
+/// allow everything, so the cost measured is that of signing and verifying.
+#[derive(Debug, Clone)]
+pub struct FleetSecurity {
+    /// The organisation issuer.
+    pub issuer: cohort_security::SecretKey,
+    /// Log in to the broker with each node's nkey (the broker must list them: see
+    /// [`FleetSecurity::node_key`]).
+    pub broker_login: bool,
+    /// CA of the broker's TLS certificate; TLS is then required.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl FleetSecurity {
+    /// The key of simulated node `identity`: derived from the issuer and the name, so a broker
+    /// can be told the fleet's nkeys before the fleet starts. Simulation only: real nodes get
+    /// random keys from `cohort keys issue`.
+    pub fn node_key(&self, identity: &Identity) -> cohort_security::SecretKey {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.issuer.public().as_str().hash(&mut hasher);
+        identity.as_str().hash(&mut hasher);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(hasher.finish());
+        cohort_security::SecretKey::generate(cohort_security::KeyKind::Member, rng.r#gen())
+    }
+}
+
+/// The identities and facts of a simulated fleet of `count` nodes from `seed`, as
+/// [`Fleet::start`] creates them.
+pub fn plan(count: u32, seed: u64) -> Vec<(Identity, Facts)> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    (0..count).map(|idx| simulated_node(idx, &mut rng)).collect()
+}
+
 /// A simulated fleet running in this process.
 pub struct Fleet {
     stops: Vec<tokio::sync::mpsc::Sender<Signal>>,
@@ -121,13 +156,14 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `count` nodes connected to `url`.
+    /// Starts `count` nodes connected to `url`, secure when `security` is given.
     pub async fn start(
         url: &str,
         count: u32,
         seed: u64,
+        security: Option<&FleetSecurity>,
     ) -> Result<Fleet, async_nats::ConnectError> {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
         let collective =
             Collective::new("cohort").unwrap_or_else(|_| unreachable!("valid literal"));
         let mut fleet = Fleet { stops: Vec::new(), tasks: tokio::task::JoinSet::new() };
@@ -139,10 +175,11 @@ impl Fleet {
             max_agent_output: 1024 * 1024,
             shutdown_grace: Duration::from_secs(2),
             agent_settings: AgentSettings::default(),
+            policies: None,
+            trust: None,
         };
-        for idx in 0..count {
-            let (identity, facts) = simulated_node(idx, &mut rng);
-            let state = Arc::new(NodeState::new(
+        for (identity, facts) in plan(count, seed) {
+            let state = NodeState::new(
                 identity.clone(),
                 vec![collective.clone()],
                 facts,
@@ -156,9 +193,21 @@ impl Fleet {
                 None,
                 Map::new(),
                 Duration::from_secs(30),
-            ));
-            let client =
-                async_nats::ConnectOptions::new().name(identity.as_str()).connect(url).await?;
+            );
+            let state = Arc::new(match security {
+                Some(security) => state.with_security(node_security(security, &identity, &mut rng)),
+                None => state,
+            });
+            let mut connect = async_nats::ConnectOptions::new().name(identity.as_str());
+            if let Some(security) = security {
+                if security.broker_login {
+                    connect = connect.nkey(security.node_key(&identity).seed());
+                }
+                if let Some(ca) = &security.tls_ca {
+                    connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+                }
+            }
+            let client = connect.connect(url).await?;
             let (stop, signals) = tokio::sync::mpsc::channel(1);
             let options = options.clone();
             fleet.tasks.spawn(async move {
@@ -178,6 +227,37 @@ impl Fleet {
         }
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+fn node_security(
+    security: &FleetSecurity,
+    identity: &Identity,
+    rng: &mut impl Rng,
+) -> Arc<crate::security::NodeSecurity> {
+    use cohort_security::{Authorizer, Credential, Decision, Role, Signer, Trust};
+    let key = security.node_key(identity);
+    let now = cohort_proto::now_ms(std::time::SystemTime::now()) / 1000;
+    let serial = format!("{:032x}", rng.r#gen::<u128>());
+    let issued = Credential::issue(
+        &security.issuer,
+        identity.as_str(),
+        Role::Node,
+        key.public(),
+        serial,
+        now - 60,
+        now + 86_400,
+    );
+    // A simulated identity is always a valid name, and the key is the one just certified.
+    let signer = issued
+        .ok()
+        .and_then(|credential| Signer::new(key, credential).ok())
+        .unwrap_or_else(|| unreachable!("simulated node credential is valid"));
+    Arc::new(crate::security::NodeSecurity::new(
+        Trust::new(vec![security.issuer.public().clone()]),
+        signer,
+        Authorizer::new(Default::default(), Default::default(), Some(Decision::Allow)),
+        crate::security::DEFAULT_REPLAY_CAPACITY,
+    ))
 }
 
 #[cfg(test)]

@@ -17,6 +17,13 @@ pub struct Stats {
     pub passed: AtomicU64,
     /// Replies sent.
     pub replies: AtomicU64,
+    /// Requests refused as unsigned, forged, from an untrusted or expired credential, or from a
+    /// credential whose role may not send requests.
+    pub unverified: AtomicU64,
+    /// Requests refused because their id was already seen.
+    pub replayed: AtomicU64,
+    /// Requests denied by policy.
+    pub unauthorized: AtomicU64,
 }
 
 impl Stats {

@@ -108,6 +108,9 @@ pub struct InputDdl {
     /// For lists: the allowed values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<Vec<Value>>,
+    /// A secret (a password, a token): nodes write `[redacted]` in its place in the audit log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 /// Input types.

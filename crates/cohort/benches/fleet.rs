@@ -14,9 +14,14 @@
 //! and the benchmark exits non-zero. Then the memory of one `cohort daemon`, idle and after
 //! 10,000 requests, and the broker's RSS per connection with the largest fleet.
 //!
+//! Security: with `on`, every simulated node has its own key and node credential, refuses
+//! unsigned requests and signs its replies, and the client signs requests and verifies every
+//! reply (the broker stays open: this measures the cost of signing and verifying).
+//!
 //! Run: `cargo bench -p cohort --bench fleet`; environment: `COHORT_BENCH_NODES` (default
 //! `100,1000,5000,10000`), `COHORT_BENCH_RUNS` (5), `COHORT_BENCH_BROKERS` (`cohort,nats`),
-//! `COHORT_BENCH_SCENARIOS` (all), `COHORT_BENCH_MEMORY` (`1`; `0` skips the daemon memory run).
+//! `COHORT_BENCH_SCENARIOS` (all), `COHORT_BENCH_SECURITY` (`on`; `off,on` compares),
+//! `COHORT_BENCH_MEMORY` (`1`; `0` skips the daemon memory run).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -24,9 +29,10 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cohort_client::{Call, Client, ClientOptions, DiscoveryOptions, Targets};
-use cohort_daemon::sim::Fleet;
+use cohort_client::{Call, Client, ClientOptions, ClientSecurity, DiscoveryOptions, Targets};
+use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
+use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
 use cohort_test_support::{BrokerProcess, rss_kib};
 
 /// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
@@ -43,15 +49,41 @@ fn start_broker(kind: &str) -> (BrokerProcess, String) {
     (broker, url)
 }
 
-async fn client(url: &str) -> Client {
+async fn client(url: &str, security: &ClientSecurity) -> Client {
     Client::connect(ClientOptions {
         brokers: vec![url.to_owned()],
         caller: "user=bench".into(),
         sender: "bench".into(),
         connect_timeout: Duration::from_secs(10),
+        security: security.clone(),
     })
     .await
     .unwrap()
+}
+
+/// Fleet and client security for a run: `None` for off.
+fn security(on: bool) -> (Option<FleetSecurity>, ClientSecurity) {
+    if !on {
+        return (None, ClientSecurity::default());
+    }
+    let issuer = SecretKey::generate(KeyKind::Issuer, rand::random());
+    let key = SecretKey::generate(KeyKind::Member, rand::random());
+    let credential = Credential::issue(
+        &issuer,
+        "bench",
+        Role::Client,
+        key.public(),
+        "bench".into(),
+        0,
+        i64::MAX,
+    )
+    .unwrap();
+    let client = ClientSecurity {
+        signer: Some(Signer::new(key, credential).unwrap()),
+        trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
+        tls_ca: None,
+    };
+    (Some(FleetSecurity { issuer, broker_login: false, tls_ca: None }), client)
 }
 
 fn discovery() -> DiscoveryOptions {
@@ -121,7 +153,13 @@ async fn round_trip(
     Ok(elapsed)
 }
 
-async fn scenario(name: &str, url: &str, client: &Client, n: usize) -> Result<Duration, String> {
+async fn scenario(
+    name: &str,
+    url: &str,
+    client: &Client,
+    security: &ClientSecurity,
+    n: usize,
+) -> Result<Duration, String> {
     let empty = serde_json::Map::new;
     match name {
         "ping" => round_trip(client, Filter::default(), "rpcutil", "ping", empty(), n, None).await,
@@ -148,7 +186,7 @@ async fn scenario(name: &str, url: &str, client: &Client, n: usize) -> Result<Du
         "10clients" => {
             let mut clients = Vec::new();
             for _ in 0..10 {
-                clients.push(self::client(url).await);
+                clients.push(self::client(url, security).await);
             }
             let started = Instant::now();
             let runs = clients.iter().map(|c| {
@@ -204,22 +242,31 @@ fn main() {
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_else(|| SCENARIOS.iter().map(|s| (*s).to_owned()).collect());
+    let modes: Vec<bool> = std::env::var("COHORT_BENCH_SECURITY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim() == "on").collect())
+        .unwrap_or_else(|| vec![true]);
     let mut failures = 0;
-    let mut p50s: BTreeMap<(u32, &str, String), f64> = BTreeMap::new();
-    println!("| broker | nodes | scenario | p50 | p90 | max | runs with exact count |");
-    println!("|---|---|---|---|---|---|---|");
+    let mut p50s: BTreeMap<(u32, &str, String, bool), f64> = BTreeMap::new();
+    println!("| broker | security | nodes | scenario | p50 | p90 | max | runs with exact count |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut broker_rss = Vec::new();
-    for kind in &brokers {
-        for &n in &sizes {
-            let (broker, url) = start_broker(kind);
-            let idle_rss = rss_kib(broker.pid());
-            let started = Instant::now();
-            let fleet = nodes_runtime.block_on(Fleet::start(&url, n, 7)).unwrap();
-            client_runtime.block_on(async {
-                let client = client(&url).await;
+    for &secure in &modes {
+        let on_off = if secure { "on" } else { "off" };
+        for kind in &brokers {
+            for &n in &sizes {
+                let (fleet_security, client_security) = security(secure);
+                let (broker, url) = start_broker(kind);
+                let idle_rss = rss_kib(broker.pid());
+                let started = Instant::now();
+                let fleet = nodes_runtime
+                    .block_on(Fleet::start(&url, n, 7, fleet_security.as_ref()))
+                    .unwrap();
+                client_runtime.block_on(async {
+                let client = client(&url, &client_security).await;
                 wait_for(&client, n as usize).await;
                 eprintln!("{kind}: {n} nodes up in {:.1} s", started.elapsed().as_secs_f64());
-                if n == *sizes.iter().max().unwrap() {
+                if n == *sizes.iter().max().unwrap() && secure == modes[0] {
                     let rss = rss_kib(broker.pid());
                     broker_rss.push((kind.clone(), n, rss, (rss.saturating_sub(idle_rss)) as f64 / f64::from(n)));
                 }
@@ -227,45 +274,66 @@ fn main() {
                     let mut times = Vec::new();
                     let mut exact = 0;
                     for _ in 0..runs {
-                        match scenario(name, &url, &client, n as usize).await {
+                        match scenario(name, &url, &client, &client_security, n as usize).await {
                             Ok(elapsed) => {
                                 exact += 1;
                                 times.push(elapsed);
                             }
                             Err(err) => {
                                 failures += 1;
-                                eprintln!("FAILURE {kind} N={n} {name}: {err}");
+                                eprintln!("FAILURE {kind} security {on_off} N={n} {name}: {err}");
                             }
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     times.sort();
                     if times.is_empty() {
-                        println!("| {kind} | {n} | {name} | - | - | - | 0 / {runs} |");
+                        println!("| {kind} | {on_off} | {n} | {name} | - | - | - | 0 / {runs} |");
                         continue;
                     }
                     let p50 = pct(&times, 0.5);
-                    p50s.insert((n, name, kind.clone()), p50);
+                    p50s.insert((n, name, kind.clone(), secure), p50);
                     println!(
-                        "| {kind} | {n} | {name} | {p50:.0} ms | {:.0} ms | {:.0} ms | {exact} / {runs} |",
+                        "| {kind} | {on_off} | {n} | {name} | {p50:.0} ms | {:.0} ms | {:.0} ms | {exact} / {runs} |",
                         pct(&times, 0.9),
                         times.last().unwrap().as_secs_f64() * 1000.0
                     );
                 }
             });
-            nodes_runtime.block_on(fleet.stop());
-            drop(broker);
+                nodes_runtime.block_on(fleet.stop());
+                drop(broker);
+            }
         }
     }
     if brokers.len() == 2 {
-        println!("\n| nodes | scenario | cohort / nats-server (p50) |");
-        println!("|---|---|---|");
-        for &n in &sizes {
-            for name in SCENARIOS {
-                if let (Some(ours), Some(theirs)) =
-                    (p50s.get(&(n, name, "cohort".into())), p50s.get(&(n, name, "nats".into())))
-                {
-                    println!("| {n} | {name} | {:.2}x |", ours / theirs);
+        println!("\n| security | nodes | scenario | cohort / nats-server (p50) |");
+        println!("|---|---|---|---|");
+        for &secure in &modes {
+            for &n in &sizes {
+                for name in SCENARIOS {
+                    let key = |kind: &str| (n, name, kind.to_owned(), secure);
+                    if let (Some(ours), Some(theirs)) =
+                        (p50s.get(&key("cohort")), p50s.get(&key("nats")))
+                    {
+                        let on_off = if secure { "on" } else { "off" };
+                        println!("| {on_off} | {n} | {name} | {:.2}x |", ours / theirs);
+                    }
+                }
+            }
+        }
+    }
+    if modes.len() == 2 {
+        println!("\n| broker | nodes | scenario | security on / off (p50) |");
+        println!("|---|---|---|---|");
+        for kind in &brokers {
+            for &n in &sizes {
+                for name in SCENARIOS {
+                    if let (Some(on), Some(off)) = (
+                        p50s.get(&(n, name, kind.clone(), true)),
+                        p50s.get(&(n, name, kind.clone(), false)),
+                    ) {
+                        println!("| {kind} | {n} | {name} | {:.2}x |", on / off);
+                    }
                 }
             }
         }
@@ -291,14 +359,22 @@ fn daemon_memory(runtime: &tokio::runtime::Runtime) {
     let config = dir.path().join("daemon.toml");
     std::fs::write(&config, "registration_interval = \"0s\"\n").unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(["daemon", "--identity", "idle.example.net", "--broker", &url, "--config"])
+        .args([
+            "daemon",
+            "--insecure",
+            "--identity",
+            "idle.example.net",
+            "--broker",
+            &url,
+            "--config",
+        ])
         .arg(&config)
         .env("COHORT_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     runtime.block_on(async {
-        let client = client(&url).await;
+        let client = client(&url, &ClientSecurity::default()).await;
         wait_for(&client, 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = rss_kib(daemon.id());

@@ -1,17 +1,24 @@
 //! `cohort daemon`: run a node. Reads `/etc/cohort/daemon.toml` (or `--config`), applies the
-//! flags over it, gathers facts, loads agents and serves requests until SIGTERM/SIGINT; SIGHUP
-//! rescans agents and re-reads facts.
+//! flags over it, loads its key, credential, trusted issuers and policies (or runs insecure
+//! when told so), gathers facts, loads agents and serves requests until SIGTERM/SIGINT; SIGHUP
+//! rescans agents, re-reads facts and policies and reopens the audit log.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use cohort_daemon::audit::AuditLog;
+use cohort_daemon::config::parse_decision;
 use cohort_daemon::facts::{FactSource, core_facts};
 use cohort_daemon::nrpe::NrpeSettings;
-use cohort_daemon::run::{AgentSettings, RunOptions, Signal, load_agents};
+use cohort_daemon::run::{
+    AgentSettings, BusAuth, PolicySource, RunOptions, Signal, TrustSource, load_agents,
+};
+use cohort_daemon::security::NodeSecurity;
 use cohort_daemon::{Config, NodeState};
 use cohort_proto::{Collective, Identity};
+use cohort_security::Role;
 use serde_json::{Map, Value, json};
 
 const DEFAULT_CONFIG: &str = "/etc/cohort/daemon.toml";
@@ -40,6 +47,9 @@ pub(crate) struct DaemonArgs {
     /// Directory of external agents.
     #[arg(long = "agents-dir", value_name = "DIR")]
     agents_dir: Option<PathBuf>,
+    /// Run without signatures, replay protection or authorization. For labs only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +89,9 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     if args.agents_dir.is_some() {
         config.agents_dir = args.agents_dir;
+    }
+    if args.insecure {
+        config.security.insecure = true;
     }
     config.validate().with_context(|| match &config_file {
         Some(path) => format!("invalid configuration ({})", path.display()),
@@ -122,7 +135,8 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     items.insert("max_concurrent_actions".into(), json!(config.max_concurrent_actions));
     items.insert("agents_dir".into(), json!(config.agents_dir));
     items.insert("nrpe_config".into(), json!(config.nrpe_config));
-    let state = Arc::new(NodeState::new(
+    let (security, policies, nkey_seed) = security(&config, &identity)?;
+    let mut state = NodeState::new(
         identity.clone(),
         config.collectives.clone(),
         facts.current().clone(),
@@ -130,7 +144,17 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         config_file,
         items,
         config.clock_skew,
-    ));
+    );
+    if let Some(security) = security {
+        state = state.with_security(security);
+    }
+    if let Some(path) = &config.security.audit_log {
+        let audit = AuditLog::open(path)
+            .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+        state = state.with_audit(Arc::new(audit));
+    }
+    let state = Arc::new(state);
+    let auth = BusAuth { nkey_seed, tls_ca: config.security.tls_ca.clone() };
     let options = RunOptions {
         registration_interval: config.registration_interval,
         max_concurrent_actions: config.max_concurrent_actions,
@@ -139,6 +163,11 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         max_agent_output: config.max_agent_output,
         shutdown_grace: config.shutdown_grace,
         agent_settings,
+        policies,
+        trust: (!config.security.insecure).then(|| TrustSource {
+            issuers: config.security.issuers.clone(),
+            revocations: config.security.revocations.clone(),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,13 +175,60 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let signals = signals()?;
-        let client = cohort_daemon::run::connect(&config.brokers, identity.as_str())
+        let client = cohort_daemon::run::connect(&config.brokers, identity.as_str(), &auth)
             .await
             .context("cannot connect to the broker")?;
         tracing::info!(node = %identity, brokers = ?config.brokers, "daemon starting");
         cohort_daemon::run::run(state, client, options, Some(facts), signals).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The node's security from `[security]`: trust, its own key and credential (checked to be a
+/// valid node credential for this identity), policies. `None` when running insecure.
+#[allow(clippy::type_complexity)]
+fn security(
+    config: &Config,
+    identity: &Identity,
+) -> anyhow::Result<(Option<Arc<NodeSecurity>>, Option<PolicySource>, Option<String>)> {
+    let settings = &config.security;
+    if settings.insecure {
+        tracing::warn!(
+            "running INSECURE: requests are not verified, replay-checked or authorized (labs only)"
+        );
+        return Ok((None, None, None));
+    }
+    let (Some(key), Some(credential)) = (&settings.key, &settings.credential) else {
+        bail!("security.key and security.credential are required unless --insecure");
+    };
+    let trust = cohort_keystore::read_trust(&settings.issuers, settings.revocations.as_deref())
+        .context("cannot load the trusted issuers")?;
+    let signer = cohort_keystore::read_signer(key, credential)?;
+    let claims = &signer.credential().claims;
+    if claims.role != Role::Node || claims.name != identity.as_str() {
+        bail!(
+            "{} is a credential for {}, not for node={identity}",
+            credential.display(),
+            claims.caller()
+        );
+    }
+    let now = cohort_proto::now_ms(std::time::SystemTime::now()) / 1000;
+    trust.verify(signer.credential(), now).with_context(|| {
+        format!("the node's own credential {} is not valid", credential.display())
+    })?;
+    let mut defaults = std::collections::HashMap::new();
+    for (agent, decision) in &settings.policy_defaults {
+        defaults.insert(agent.clone(), parse_decision("security.policy_defaults", decision)?);
+    }
+    let fallback = settings
+        .policy_default
+        .as_deref()
+        .map(|text| parse_decision("security.policy_default", text))
+        .transpose()?;
+    let policies = PolicySource { dir: settings.policies.clone(), defaults, fallback };
+    let seed = signer.key().seed();
+    let security = NodeSecurity::new(trust, signer, policies.load(), settings.replay_cache_size);
+    Ok((Some(Arc::new(security)), Some(policies), Some(seed)))
 }
 
 /// SIGHUP → reload; SIGTERM/SIGINT → shutdown. Installed before connecting so no signal is lost.

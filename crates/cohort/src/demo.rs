@@ -2,15 +2,23 @@
 //! this process (each with its own broker connection and the real node pipeline), and a short
 //! tour of real commands with their real output. `--serve` keeps the fleet up for trying
 //! commands from another terminal.
+//!
+//! Security is on, as in production, with throwaway keys in a temporary directory: an issuer,
+//! a client credential, a node credential per simulated node, TLS with a fresh CA, and broker
+//! role permissions. Nothing outside the temporary directory is touched.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use cohort_broker::config::{Authorization, TlsConfig};
 use cohort_broker::{Broker, Config as BrokerConfig};
-use cohort_daemon::sim::Fleet;
+use cohort_daemon::sim::{Fleet, FleetSecurity, plan};
+use cohort_keystore::KeyDir;
 use cohort_proto::Collective;
+use cohort_security::{Claims, KeyKind, Role};
 
 use crate::output::Io;
 use crate::{ClientCommand, run_client};
@@ -33,11 +41,16 @@ struct TourCommand {
     command: ClientCommand,
 }
 
-async fn tour_step(io: &mut Io<'_>, url: &str, shown: &str, argv: &[&str]) -> anyhow::Result<()> {
+async fn tour_step(
+    io: &mut Io<'_>,
+    config: &str,
+    shown: &str,
+    argv: &[&str],
+) -> anyhow::Result<()> {
     writeln!(io.out, "$ {shown}")?;
     let mut full = vec!["cohort"];
     full.extend_from_slice(argv);
-    full.extend_from_slice(&["--broker", url]);
+    full.extend_from_slice(&["-c", config]);
     let parsed =
         TourCommand::try_parse_from(&full).with_context(|| format!("demo step {shown:?}"))?;
     run_client(parsed.command, io).await?;
@@ -50,30 +63,46 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let dir = tempfile::Builder::new()
+        .prefix("cohort-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory for the demo's keys")?;
+    let secure = Secure::create(dir.path(), args.nodes)?;
     runtime.block_on(async move {
-        let config = BrokerConfig { listen: "127.0.0.1:0".parse()?, ..BrokerConfig::default() };
+        let config = BrokerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            tls: Some(TlsConfig { cert: secure.cert.clone(), key: secure.key.clone() }),
+            authorization: Some(Authorization { token: None, users: secure.users.clone() }),
+            ..BrokerConfig::default()
+        };
         let broker = Broker::bind(config).await?.spawn();
-        let url = broker.url();
+        let url = broker.url().replacen("nats://", "tls://", 1);
+        let client_config = secure.write_client_config(&url)?;
         let started = Instant::now();
-        eprintln!("Starting {} simulated nodes on the embedded broker at {url} ...", args.nodes);
-        let fleet = Fleet::start(&url, args.nodes, 42).await?;
-        wait_for_fleet(&url, args.nodes).await?;
+        eprintln!(
+            "Starting {} simulated nodes on the embedded broker at {url} (TLS, signed requests, broker permissions) ...",
+            args.nodes
+        );
+        let fleet = Fleet::start(&url, args.nodes, SEED, Some(&secure.fleet)).await?;
+        wait_for_fleet(&client_config, args.nodes).await?;
         eprintln!("Fleet of {} nodes up in {:.1} s.\n", args.nodes, started.elapsed().as_secs_f64());
+        let config_arg = client_config.display().to_string();
+        let config = config_arg.as_str();
         let result = Io::with_std(|io| {
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(async {
-                    tour_step(io, &url, "cohort ping", &["ping"]).await?;
-                    tour_step(io, &url, "cohort find -F country=uk", &["find", "-F", "country=uk"]).await?;
+                    tour_step(io, config, "cohort ping", &["ping"]).await?;
+                    tour_step(io, config, "cohort find -F country=uk", &["find", "-F", "country=uk"]).await?;
                     tour_step(
                         io,
-                        &url,
+                        config,
                         "cohort find -S 'role::db and (country=uk or country=de) and puppet_enabled=1'",
                         &["find", "-S", "role::db and (country=uk or country=de) and puppet_enabled=1"],
                     )
                     .await?;
                     tour_step(
                         io,
-                        &url,
+                        config,
                         "cohort rpc rpcutil get_fact fact=os.name -C role::web",
                         &["rpc", "rpcutil", "get_fact", "fact=os.name", "-C", "role::web", "--np"],
                     )
@@ -83,8 +112,13 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             })
         });
         if result.is_ok() && args.serve {
-            println!("COHORT_BROKER={url}");
-            eprintln!("The fleet stays up; try `COHORT_BROKER={url} cohort ping` in another terminal. Ctrl-C stops it.");
+            println!("COHORT_BROKER={}", broker.url().replacen("nats://", "tls://", 1));
+            println!("COHORT_CONFIG={}", client_config.display());
+            eprintln!(
+                "The fleet stays up. In another terminal, export the two lines above and run \
+                 `cohort ping`. Ctrl-C stops it (the throwaway keys in {} go with it).",
+                secure.dir.display()
+            );
             let _ = tokio::signal::ctrl_c().await;
         }
         fleet.stop().await;
@@ -93,15 +127,92 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+const SEED: u64 = 42;
+
+/// The demo's throwaway security material.
+struct Secure {
+    dir: PathBuf,
+    keys: KeyDir,
+    client_key: PathBuf,
+    client_credential: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    users: Vec<cohort_broker::config::User>,
+    fleet: FleetSecurity,
+}
+
+impl Secure {
+    /// Issuer, client credential, CA and broker certificate, and the broker users: the client
+    /// and every simulated node, each with its role's permissions.
+    fn create(dir: &Path, nodes: u32) -> anyhow::Result<Secure> {
+        let keys = KeyDir::new(dir.join("keys"));
+        keys.init(crate::keys::random_bytes())?;
+        let now = cohort_proto::now_ms(std::time::SystemTime::now()) / 1000;
+        let client = keys.issue(
+            "demo",
+            Role::Client,
+            now,
+            86_400,
+            crate::keys::random_bytes(),
+            crate::keys::random_serial(),
+        )?;
+        let (ca, cert, key) = keys.tls(&["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let mut users: Vec<_> =
+            crate::broker::role_users(keys.path())?.into_iter().map(|(_, user)| user).collect();
+        let fleet =
+            FleetSecurity { issuer: keys.issuer()?, broker_login: true, tls_ca: Some(ca.clone()) };
+        for (identity, _) in plan(nodes, SEED) {
+            let node_key = fleet.node_key(&identity);
+            let claims = Claims {
+                version: 1,
+                serial: String::new(),
+                name: identity.to_string(),
+                role: Role::Node,
+                key: node_key.public().as_str().to_owned(),
+                issuer: fleet.issuer.public().as_str().to_owned(),
+                not_before: now,
+                not_after: now,
+            };
+            users.push(crate::broker::user_for(&claims));
+        }
+        debug_assert_eq!(fleet.issuer.public().kind(), KeyKind::Issuer);
+        Ok(Secure {
+            dir: dir.to_owned(),
+            keys,
+            client_key: client.key,
+            client_credential: client.credential,
+            ca,
+            cert,
+            key,
+            users,
+            fleet,
+        })
+    }
+
+    /// The client configuration `cohort` commands use against the demo fleet.
+    fn write_client_config(&self, url: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("client.toml");
+        let quoted = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+        let text = format!(
+            "# Written by `cohort demo` for its throwaway fleet.\n\
+             brokers = [{}]\nkey = {}\ncredential = {}\nissuers = [{}]\ntls_ca = {}\n",
+            serde_json::to_string(url).unwrap_or_default(),
+            quoted(&self.client_key),
+            quoted(&self.client_credential),
+            quoted(&self.keys.issuer_public_path()),
+            quoted(&self.ca),
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
 /// Waits until discovery sees the whole fleet (every node has subscribed).
-async fn wait_for_fleet(url: &str, count: u32) -> anyhow::Result<()> {
-    let options = cohort_client::ClientOptions {
-        brokers: vec![url.to_owned()],
-        caller: "user=demo".to_owned(),
-        sender: "demo".to_owned(),
-        connect_timeout: Duration::from_secs(5),
-    };
-    let client = cohort_client::Client::connect(options).await?;
+async fn wait_for_fleet(config: &Path, count: u32) -> anyhow::Result<()> {
+    let flags = crate::options::CommonFlags::with_config(config);
+    let settings = flags.settings()?;
+    let client = settings.connect().await?;
     let discovery = cohort_client::DiscoveryOptions {
         collective: Collective::new("cohort")?,
         timeout: Duration::from_secs(5),

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::options::{CommonFlags, FilterFlags};
-use crate::output::Io;
+use crate::output::{Io, unverified_lines};
 
 /// Options of `cohort find`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +21,9 @@ pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
     for node in &discovered.nodes {
         writeln!(io.out, "{node}")?;
+    }
+    if !discovered.unverified.is_empty() {
+        write!(io.err, "{}", unverified_lines(&discovered.unverified))?;
     }
     if settings.verbose {
         writeln!(

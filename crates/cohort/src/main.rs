@@ -8,6 +8,7 @@ mod checks;
 mod daemon;
 mod demo;
 mod find;
+mod keys;
 mod options;
 mod output;
 mod ping;
@@ -45,6 +46,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// First-boot setup of a cloud instance from user data and metadata.
     Boot(boot::BootArgs),
+    /// Manage the organisation issuer, credentials, revocations and broker TLS.
+    Keys(keys::KeysArgs),
 }
 
 /// Client commands, shared by `main` and the demo tour.
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Nagios(args) => Ok(checks::nagios(args)),
         Command::Demo(args) => demo::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
     };
     match result {
         Ok(code) => code,

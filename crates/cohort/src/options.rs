@@ -1,10 +1,11 @@
 //! Options shared by the client commands (`ping`, `find`, `rpc`) and the client configuration
 //! they resolve against: flags > `COHORT_*` environment > config file > defaults.
 //!
-//! Config file: `-c FILE`, else `~/.config/cohort/client.toml`, else `/etc/cohort/client.toml`
-//! (the first that exists). Keys: `brokers`, `collective`, `discovery_timeout`,
-//! `discovery_quiet`, `timeout`,
-//! `ttl`, `agents_dir`, `connect_timeout`. Unknown keys are an error.
+//! Config file: `-c FILE`, else `$COHORT_CONFIG`, else `~/.config/cohort/client.toml`, else
+//! `/etc/cohort/client.toml` (the first that exists). Keys: `brokers`, `collective`,
+//! `discovery_timeout`, `discovery_quiet`, `timeout`, `ttl`, `agents_dir`, `connect_timeout`,
+//! and the security keys `key`, `credential`, `issuers`, `revocations`, `tls_ca` (relative
+//! paths are relative to the config file). Unknown keys are an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,6 +139,11 @@ struct ClientFile {
     ttl: Option<u32>,
     agents_dir: Option<PathBuf>,
     connect_timeout: Option<f64>,
+    key: Option<PathBuf>,
+    credential: Option<PathBuf>,
+    issuers: Vec<String>,
+    revocations: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 /// Resolved client settings.
@@ -152,6 +158,7 @@ pub(crate) struct Settings {
     pub(crate) agents_dir: Option<PathBuf>,
     pub(crate) connect_timeout: Duration,
     pub(crate) verbose: bool,
+    pub(crate) security: cohort_client::ClientSecurity,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -164,23 +171,66 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 fn read_file(path: &Path) -> anyhow::Result<ClientFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid client config {}", path.display()))
+    let mut file: ClientFile = toml::from_str(&text)
+        .with_context(|| format!("invalid client config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for entry in [&mut file.key, &mut file.credential, &mut file.revocations, &mut file.tls_ca] {
+        if let Some(relative) = entry.as_mut().filter(|p| p.is_relative()) {
+            *relative = base.join(&*relative);
+        }
+    }
+    for issuer in &mut file.issuers {
+        if issuer.contains('/') && Path::new(issuer.as_str()).is_relative() {
+            *issuer = base.join(issuer.as_str()).display().to_string();
+        }
+    }
+    Ok(file)
+}
+
+/// Signing and verification settings from the client file. Errors name the file at fault.
+fn client_security(file: &ClientFile) -> anyhow::Result<cohort_client::ClientSecurity> {
+    let signer = match (&file.key, &file.credential) {
+        (Some(key), Some(credential)) => Some(cohort_keystore::read_signer(key, credential)?),
+        (None, None) => None,
+        _ => anyhow::bail!("the client config needs both `key` and `credential`, or neither"),
+    };
+    let trust = if file.issuers.is_empty() {
+        None
+    } else {
+        let trust = cohort_keystore::read_trust(&file.issuers, file.revocations.as_deref())
+            .context("cannot load the trusted issuers")?;
+        Some(std::sync::Arc::new(trust))
+    };
+    Ok(cohort_client::ClientSecurity { signer, trust, tls_ca: file.tls_ca.clone() })
 }
 
 impl CommonFlags {
+    /// Flags naming only a config file, for in-process callers (the demo).
+    pub(crate) fn with_config(path: &Path) -> CommonFlags {
+        CommonFlags { config: Some(path.to_owned()), ..CommonFlags::default() }
+    }
+
     pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => {
+                let env = std::env::var_os("COHORT_CONFIG").map(PathBuf::from);
+                if let Some(path) = &env
+                    && !path.is_file()
+                {
+                    anyhow::bail!("COHORT_CONFIG names {}, which is not a file", path.display());
+                }
                 let home = std::env::var_os("HOME")
                     .map(|home| PathBuf::from(home).join(".config/cohort/client.toml"));
-                let candidates = home.into_iter().chain([PathBuf::from("/etc/cohort/client.toml")]);
+                let candidates =
+                    env.into_iter().chain(home).chain([PathBuf::from("/etc/cohort/client.toml")]);
                 match candidates.into_iter().find(|path| path.is_file()) {
                     Some(path) => read_file(&path)?,
                     None => ClientFile::default(),
                 }
             }
         };
+        let security = client_security(&file)?;
         let env_brokers: Vec<String> = std::env::var("COHORT_BROKER")
             .ok()
             .map(|value| {
@@ -220,6 +270,7 @@ impl CommonFlags {
             agents_dir: file.agents_dir,
             connect_timeout: seconds("connect_timeout", file.connect_timeout.unwrap_or(5.0))?,
             verbose: self.verbose,
+            security,
         })
     }
 }
@@ -236,11 +287,18 @@ impl Settings {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".to_owned());
+        if self.security.signer.is_none() {
+            eprintln!(
+                "warning: no credential configured (key and credential in the client config): \
+                 requests are unsigned, and only insecure (lab) nodes will answer them"
+            );
+        }
         let options = cohort_client::ClientOptions {
             brokers: self.brokers.clone(),
             caller: format!("user={user}"),
             sender,
             connect_timeout: self.connect_timeout,
+            security: self.security.clone(),
         };
         Ok(cohort_client::Client::connect(options).await?)
     }

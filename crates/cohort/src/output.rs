@@ -37,6 +37,16 @@ impl Io<'_> {
 }
 
 /// MCollective's grid of names: width max(longest, 30), floor(90 / width) columns.
+/// The replies that did not verify, one per line: never merged with the results.
+pub(crate) fn unverified_lines(unverified: &[cohort_client::Unverified]) -> String {
+    let mut text = String::from("Unverified replies (ignored):\n\n");
+    for reply in unverified {
+        let sender = reply.sender.as_deref().unwrap_or("(unknown sender)");
+        text.push_str(&format!("   {sender}: {}\n", reply.reason));
+    }
+    text
+}
+
 pub(crate) fn name_grid(title: &str, names: &[Identity]) -> String {
     let width = names.iter().map(|n| n.as_str().len()).max().unwrap_or(0).max(30);
     let columns = (90 / width).max(1);

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::options::{CommonFlags, FilterFlags};
-use crate::output::{Io, ms};
+use crate::output::{Io, ms, unverified_lines};
 
 /// Options of `cohort ping`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,7 +33,7 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     }
     let mut times = Vec::new();
     let mut write_error = None;
-    client
+    let discovered = client
         .discover(&filter_for_network, &options, |node, elapsed| {
             times.push(elapsed);
             if let Err(err) = writeln!(io.out, "{:<40} time={:.2} ms", node.as_str(), ms(elapsed)) {
@@ -43,6 +43,9 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
         .await?;
     if let Some(err) = write_error {
         return Err(err.into());
+    }
+    if !discovered.unverified.is_empty() {
+        write!(io.out, "\n{}", unverified_lines(&discovered.unverified))?;
     }
     writeln!(io.out, "\n\n---- ping statistics ----")?;
     if times.is_empty() {

@@ -22,7 +22,7 @@ use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::options::{CommonFlags, FilterFlags};
-use crate::output::{Io, ms, name_grid, progress};
+use crate::output::{Io, ms, name_grid, progress, unverified_lines};
 
 /// Options of `cohort rpc`.
 #[derive(Debug, Clone, clap::Args)]
@@ -209,7 +209,11 @@ fn exit_code(discovered: &Discovered, result: &CallResult) -> ExitCode {
         1
     } else if stats.responses == 0 {
         3
-    } else if stats.failed > 0 || !stats.no_responses.is_empty() {
+    } else if stats.failed > 0
+        || !stats.no_responses.is_empty()
+        || !stats.unverified.is_empty()
+        || !discovered.unverified.is_empty()
+    {
         2
     } else {
         0
@@ -324,6 +328,11 @@ fn print_text(
     if !stats.unexpected.is_empty() {
         write!(io.out, "\n{}", name_grid("Unexpected response from:", &stats.unexpected))?;
     }
+    let unverified: Vec<_> =
+        discovered.unverified.iter().chain(&stats.unverified).cloned().collect();
+    if !unverified.is_empty() {
+        write!(io.out, "\n{}", unverified_lines(&unverified))?;
+    }
     Ok(())
 }
 
@@ -354,6 +363,12 @@ fn print_json(
         })
         .unwrap_or_default();
     let empty: BTreeSet<cohort_proto::Identity> = BTreeSet::new();
+    let unverified: Vec<Value> = discovered
+        .unverified
+        .iter()
+        .chain(result.map(|r| r.stats.unverified.as_slice()).unwrap_or_default())
+        .map(|u| json!({ "sender": u.sender, "reason": u.reason }))
+        .collect();
     let stats = match result {
         Some(result) => {
             let s = &result.stats;
@@ -365,6 +380,7 @@ fn print_json(
                 "failed": s.failed,
                 "no_responses": s.no_responses,
                 "unexpected_responses": s.unexpected,
+                "unverified_replies": unverified,
                 "discovery_time_ms": ms(discovered.elapsed),
                 "request_time_ms": ms(s.request_time),
                 "start_time": humantime::format_rfc3339_millis(s.start_time).to_string(),
@@ -377,6 +393,7 @@ fn print_json(
             "failed": 0,
             "no_responses": empty,
             "unexpected_responses": empty,
+            "unverified_replies": unverified,
             "discovery_time_ms": ms(discovered.elapsed),
             "request_time_ms": 0.0,
         }),

@@ -171,3 +171,98 @@ async fn rpcutil_actions() {
     .await;
     assert_eq!(item.status, StatusCode::Aborted);
 }
+
+mod secure {
+    use cohort_security::{
+        Authorizer, Credential, Groups, KeyKind, Policy, Role, SecretKey, Signer, Trust,
+    };
+
+    use super::*;
+
+    fn member(issuer: &SecretKey, name: &str, role: Role, seed: u8) -> Signer {
+        let key = SecretKey::generate(KeyKind::Member, [seed; 32]);
+        let now = now_ms(SystemTime::now()) / 1000;
+        let credential = Credential::issue(
+            issuer,
+            name,
+            role,
+            key.public(),
+            format!("s{seed}"),
+            now - 10,
+            now + 3600,
+        )
+        .unwrap();
+        Signer::new(key, credential).unwrap()
+    }
+
+    fn secure_node(issuer: &SecretKey) -> NodeState {
+        let mut policies = std::collections::HashMap::new();
+        let policy =
+            Policy::parse("allow\tclient=alice\techo\t*\t*\n", &Groups::default()).unwrap();
+        policies.insert("fake".to_owned(), policy);
+        let security = crate::security::NodeSecurity::new(
+            Trust::new(vec![issuer.public().clone()]),
+            member(issuer, "node1", Role::Node, 50),
+            Authorizer::new(policies, Default::default(), None),
+            100,
+        );
+        node().with_security(Arc::new(security))
+    }
+
+    fn signed(signer: &Signer, caller: &str, action: &str, id: u8) -> Vec<u8> {
+        let mut request: Request = serde_json::from_slice(&request(
+            "fake",
+            action,
+            r#"{"msg": "hi"}"#,
+            Filter::default(),
+            SystemTime::now(),
+        ))
+        .unwrap();
+        request.caller = caller.to_owned();
+        request.id = RequestId::from_random([id; 16]);
+        signer.seal(&String::from_utf8(request.to_bytes()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn verify_replay_authorize_and_sign() {
+        let issuer = SecretKey::generate(KeyKind::Issuer, [1; 32]);
+        let node = secure_node(&issuer);
+        let alice = member(&issuer, "alice", Role::Client, 2);
+        let bob = member(&issuer, "bob", Role::Client, 3);
+        let now = SystemTime::now();
+
+        let bytes = signed(&alice, "client=alice", "echo", 1);
+        let ok = reply(&node, &bytes).await;
+        assert_eq!(ok.status, StatusCode::Ok);
+        // The reply goes out signed by the node.
+        let out = node.reply_bytes(&ok);
+        let trust = Trust::new(vec![issuer.public().clone()]);
+        let opened = cohort_security::open(&out, &trust, now_ms(now) / 1000).unwrap();
+        assert_eq!(opened.signer.caller, "node=node1");
+
+        assert!(matches!(node.handle(&bytes, now).await, Handled::Ignored("replayed")));
+        let unsigned = request("fake", "echo", r#"{"msg": "hi"}"#, Filter::default(), now);
+        assert!(matches!(node.handle(&unsigned, now).await, Handled::Ignored("unsigned")));
+        let impostor = signed(&alice, "client=bob", "echo", 2);
+        assert!(matches!(node.handle(&impostor, now).await, Handled::Ignored("unverified")));
+        let from_node = signed(&member(&issuer, "n2", Role::Node, 4), "node=n2", "echo", 3);
+        assert!(matches!(node.handle(&from_node, now).await, Handled::Ignored("unverified")));
+
+        let denied = reply(&node, &signed(&bob, "client=bob", "echo", 4)).await;
+        assert_eq!(denied.status, StatusCode::Aborted);
+        assert!(denied.status_message.contains("not authorized"));
+        // rpcutil is a read-only built-in: allowed without a policy.
+        let mut ping: Request =
+            serde_json::from_slice(&request("rpcutil", "ping", "{}", Filter::default(), now))
+                .unwrap();
+        ping.caller = "client=bob".into();
+        ping.id = RequestId::from_random([5; 16]);
+        let pong = reply(&node, &bob.seal(&String::from_utf8(ping.to_bytes()).unwrap())).await;
+        assert_eq!(pong.status, StatusCode::Ok);
+
+        let stats = &node.stats;
+        assert_eq!(Stats::get(&stats.replayed), 1);
+        assert_eq!(Stats::get(&stats.unverified), 3);
+        assert_eq!(Stats::get(&stats.unauthorized), 1);
+    }
+}

@@ -81,6 +81,11 @@ actions:
   - type: cohort
     brokers: [nats://broker1.example.net:4222, nats://broker2.example.net:4222]
     collectives: [cohort, eu]
+    security:
+      issuers: [/etc/cohort/keys/issuer.pub]
+      key: /etc/cohort/keys/node.seed
+      credential: /etc/cohort/keys/node.cred
+      tls_ca: /etc/cohort/keys/ca.pem
 # pin for hello: {pin}
 "#
     )
@@ -164,6 +169,13 @@ fn full_boot_then_once_per_instance() {
         daemon.contains("collectives = [\"cohort\", \"eu\"]")
             && daemon.contains("facts = [\"/etc/facts.txt\"]"),
         "{daemon}"
+    );
+    // What boot wrote is a configuration the daemon accepts, security included.
+    let config = cohort_daemon::Config::from_toml(&daemon).unwrap();
+    config.validate().unwrap();
+    assert_eq!(
+        config.security.key.as_deref(),
+        Some(std::path::Path::new("/etc/cohort/keys/node.seed"))
     );
     assert_eq!(
         statuses(root.path()),

@@ -37,15 +37,33 @@ fn serve_keeps_the_fleet_up_for_other_terminals() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("COHORT_BROKER=") {
-                let _ = tx.send(url.to_owned());
+            if let Some((key, value)) = line.split_once('=')
+                && key.starts_with("COHORT_")
+            {
+                let _ = tx.send((key.to_owned(), value.to_owned()));
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(60)).expect("no COHORT_BROKER line");
-    let output = cohort().args(["ping"]).env("COHORT_BROKER", &url).output().unwrap();
+    let mut env = std::collections::HashMap::new();
+    while env.len() < 2 {
+        let (key, value) = rx.recv_timeout(Duration::from_secs(60)).expect("no environment lines");
+        env.insert(key, value);
+    }
+    let url = &env["COHORT_BROKER"];
+    let config = std::path::PathBuf::from(&env["COHORT_CONFIG"]);
+    assert!(url.starts_with("tls://"), "{url}");
+    let output = cohort()
+        .args(["ping"])
+        .env("COHORT_BROKER", url)
+        .env("COHORT_CONFIG", &config)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("12 replies max: "), "{text}");
+    // The demo is secure: without its credential the broker does not even let a client in.
+    let output =
+        cohort().args(["ping", "--broker", url]).env("HOME", "/nonexistent").output().unwrap();
+    assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -60,4 +78,5 @@ fn serve_keeps_the_fleet_up_for_other_terminals() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
+    assert!(!config.exists(), "the throwaway keys outlived the demo");
 }

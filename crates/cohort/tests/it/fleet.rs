@@ -120,7 +120,8 @@ impl Fleet {
         let node = &self.nodes[idx];
         let mut command = cohort();
         command
-            .args(["daemon", "--identity", &node.name, "--broker", &self.url, "--facts"])
+            .args(["daemon", "--insecure", "--identity", &node.name, "--broker", &self.url])
+            .arg("--facts")
             .arg(&node.facts)
             .arg("--classes")
             .arg(classes)

@@ -10,4 +10,5 @@ mod fleet;
 mod imds;
 mod nagios;
 mod process;
+mod security;
 mod tidy;

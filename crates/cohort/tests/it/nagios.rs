@@ -138,6 +138,8 @@ impl Fleet {
                 max_agent_output: 1 << 20,
                 shutdown_grace: Duration::from_secs(2),
                 agent_settings: settings,
+                policies: None,
+                trust: None,
             };
             let (stop, signals) = tokio::sync::mpsc::channel(1);
             let url = url.clone();

@@ -1,0 +1,177 @@
+//! The audit log: one JSON object per line for every request this node handled or refused.
+//!
+//! Unlike MCollective's, which recorded only requests that passed authorization (reference
+//! mcollective.md §5.5), refusals are recorded too: an unsigned, forged, expired, replayed or
+//! denied request is exactly what an investigation looks for. Inputs the DDL marks `sensitive`
+//! are replaced by `"[redacted]"`. The file is created 0600, appended with one write per
+//! record, and reopened on SIGHUP so logrotate can move it away.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// What happened to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDecision {
+    /// Authorized; the agent ran.
+    Allow,
+    /// Refused by policy; the agent did not run.
+    Deny,
+    /// Refused before authorization: unsigned, forged, expired, replayed, or not a request.
+    Refused,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// When the node decided, RFC 3339 UTC.
+    pub time: String,
+    /// This node.
+    pub node: String,
+    /// The request id, when the message decoded that far.
+    pub request_id: Option<String>,
+    /// The request's own time, Unix milliseconds.
+    pub request_time: Option<i64>,
+    /// The caller: verified from its credential, or as claimed when `verified` is false.
+    pub caller: Option<String>,
+    /// Whether the caller was proven by a signature.
+    pub verified: bool,
+    /// The sending host, as claimed.
+    pub sender: Option<String>,
+    /// Agent asked for.
+    pub agent: Option<String>,
+    /// Action asked for.
+    pub action: Option<String>,
+    /// Inputs, with sensitive ones redacted.
+    pub inputs: Option<Map<String, Value>>,
+    /// Allow, deny or refused.
+    pub decision: AuditDecision,
+    /// The policy rule that decided, for allow and deny.
+    pub rule: Option<String>,
+    /// Why it was refused or denied.
+    pub reason: Option<String>,
+    /// Status code of the reply, when the agent ran or was denied.
+    pub status: Option<u8>,
+    /// Time spent on the request, milliseconds.
+    pub duration_ms: Option<f64>,
+}
+
+impl AuditRecord {
+    /// A record with only the decision and node filled in.
+    pub fn new(node: &str, decision: AuditDecision, now: SystemTime) -> AuditRecord {
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            node: node.to_owned(),
+            request_id: None,
+            request_time: None,
+            caller: None,
+            verified: false,
+            sender: None,
+            agent: None,
+            action: None,
+            inputs: None,
+            decision,
+            rule: None,
+            reason: None,
+            status: None,
+            duration_ms: None,
+        }
+    }
+}
+
+/// Replaces the values of `sensitive` inputs.
+pub fn redact(inputs: &Map<String, Value>, sensitive: &[&str]) -> Map<String, Value> {
+    inputs
+        .iter()
+        .map(|(key, value)| {
+            let value = if sensitive.contains(&key.as_str()) {
+                Value::String("[redacted]".to_owned())
+            } else {
+                value.clone()
+            };
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+/// The open audit log file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the log at `path`.
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        Ok(AuditLog { path: path.to_owned(), file: Mutex::new(open(path)?) })
+    }
+
+    /// Where it writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record. A failure is logged, never fatal to the request.
+    pub fn write(&self, record: &AuditRecord) {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(err) = file.write_all(&line) {
+            tracing::error!(path = %self.path.display(), "cannot write the audit log: {err}");
+        }
+    }
+
+    /// Reopens the file by path (after log rotation moved it away).
+    pub fn reopen(&self) {
+        match open(&self.path) {
+            Ok(fresh) => *self.file.lock().unwrap_or_else(PoisonError::into_inner) = fresh,
+            Err(err) => tracing::error!(
+                path = %self.path.display(),
+                "cannot reopen the audit log, still writing to the old file: {err}"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_redaction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        let mut record = AuditRecord::new("n1", AuditDecision::Allow, SystemTime::UNIX_EPOCH);
+        let mut inputs = Map::new();
+        inputs.insert("password".into(), Value::String("hunter2".into()));
+        inputs.insert("user".into(), Value::String("bob".into()));
+        record.inputs = Some(redact(&inputs, &["password"]));
+        log.write(&record);
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        log.reopen();
+        log.write(&AuditRecord::new("n1", AuditDecision::Refused, SystemTime::UNIX_EPOCH));
+        let old = std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap();
+        let line: Value = serde_json::from_str(old.trim()).unwrap();
+        assert_eq!(line["inputs"]["password"], "[redacted]");
+        assert_eq!(line["inputs"]["user"], "bob");
+        assert_eq!(line["time"], "1970-01-01T00:00:00.000Z");
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(new.lines().count(), 1);
+        assert!(new.contains("\"decision\":\"refused\""));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

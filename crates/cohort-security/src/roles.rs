@@ -1,0 +1,66 @@
+//! Broker permissions by role: what each credential's nkey may publish and subscribe to.
+//!
+//! Nodes may hear broadcasts and their own node subject and may send only replies and
+//! registrations, so a compromised node can neither issue requests nor read other traffic's
+//! replies. Clients may send requests and hear only the replies under their own caller hash.
+//! Provisioners are clients that also hear registrations. The same grants configure our
+//! broker and the generated nats-server configuration.
+
+use cohort_proto::caller_hash;
+
+use crate::credential::{Claims, Role};
+
+/// Subjects one connection may use (allow lists; nothing else is permitted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleGrants {
+    /// Subjects it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+/// The grants for the holder of `claims`, in any collective.
+pub fn grants(claims: &Claims) -> RoleGrants {
+    let requests = vec!["*.broadcast.agent.>".to_owned(), "*.node.>".to_owned()];
+    let own_replies = format!("*.reply.{}.>", caller_hash(&claims.caller()));
+    match claims.role {
+        Role::Node => RoleGrants {
+            publish: vec!["*.reply.>".to_owned(), "*.registration".to_owned()],
+            subscribe: vec!["*.broadcast.agent.>".to_owned(), format!("*.node.{}", claims.name)],
+        },
+        Role::Client => RoleGrants { publish: requests, subscribe: vec![own_replies] },
+        Role::Provisioner => RoleGrants {
+            publish: requests,
+            subscribe: vec![own_replies, "*.registration".to_owned()],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(name: &str, role: Role) -> Claims {
+        Claims {
+            version: 1,
+            serial: "s".into(),
+            name: name.into(),
+            role,
+            key: "U".into(),
+            issuer: "O".into(),
+            not_before: 0,
+            not_after: 1,
+        }
+    }
+
+    #[test]
+    fn node_and_client_grants() {
+        let node = grants(&claims("web1.example.com", Role::Node));
+        assert!(node.subscribe.contains(&"*.node.web1.example.com".to_owned()));
+        assert!(!node.publish.iter().any(|s| s.contains("broadcast") || s.contains("node")));
+        let client = grants(&claims("alice", Role::Client));
+        assert_eq!(client.subscribe, [format!("*.reply.{}.>", caller_hash("client=alice"))]);
+        let prov = grants(&claims("prov", Role::Provisioner));
+        assert!(prov.subscribe.contains(&"*.registration".to_owned()));
+    }
+}

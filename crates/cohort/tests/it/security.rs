@@ -1,0 +1,686 @@
+//! Security end to end, on our broker and on nats-server with the generated configuration:
+//! keys and credentials made with `cohort keys`, a TLS broker admitting only issued nkeys with
+//! role permissions, secure `cohort daemon` processes with policies and an audit log, and an
+//! agent whose side effect (a file) shows whether it ran. Every attack is made with real bytes
+//! on the real bus by a connection the broker admits, and each must leave no file, an audit
+//! record and a counter, while valid requests keep working.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cohort_proto::{
+    AgentName, Collective, Filter, PROTOCOL, Request, RequestId, RpcBody, VERSION, caller_hash,
+    now_ms,
+};
+use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer};
+use cohort_test_support::{NatsServer, free_port, wait_for_listener};
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::fleet::{BrokerKind, fixtures};
+use crate::process::{Daemon, cohort, write};
+
+const NODES: [&str; 2] = ["n1.example.net", "n2.example.net"];
+
+fn keys(dir: &Path, args: &[&str]) -> String {
+    let output = cohort().arg("keys").arg("--dir").arg(dir).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "cohort keys {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Kept alive for the test; stopped by PID on drop.
+#[allow(dead_code)]
+enum Broker {
+    Cohort(Daemon),
+    Nats(NatsServer),
+}
+
+struct Secure {
+    dir: tempfile::TempDir,
+    keys: PathBuf,
+    url: String,
+    _broker: Broker,
+    nodes: Vec<Daemon>,
+    work: PathBuf,
+}
+
+impl Secure {
+    fn start(kind: BrokerKind) -> Secure {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let issuer = keys(&keys_dir, &["init"]);
+        assert!(issuer.trim().starts_with('O'), "{issuer}");
+        for (role, name) in [
+            ("client", "alice"),
+            ("client", "bob"),
+            ("client", "gone"),
+            ("node", NODES[0]),
+            ("node", NODES[1]),
+        ] {
+            keys(&keys_dir, &["issue", "--role", role, "--name", name, "--valid", "1d"]);
+        }
+        let tls = keys(&keys_dir, &["tls", "--host", "127.0.0.1", "--host", "localhost"]);
+        assert_eq!(tls.lines().count(), 3, "{tls}");
+        let listed = keys(&keys_dir, &["list"]);
+        assert_eq!(listed.lines().count(), 5, "{listed}");
+
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cert = keys_dir.join("broker.pem");
+        let key = keys_dir.join("broker.key");
+        let broker = match kind {
+            BrokerKind::Cohort => {
+                let mut command = cohort();
+                command
+                    .args(["broker", "--listen", &addr.to_string(), "--keys"])
+                    .arg(&keys_dir)
+                    .arg("--tls-cert")
+                    .arg(&cert)
+                    .arg("--tls-key")
+                    .arg(&key);
+                let daemon = Daemon::spawn(command);
+                assert!(
+                    wait_for_listener(addr, Duration::from_secs(10)),
+                    "{}",
+                    daemon.stderr_text()
+                );
+                Broker::Cohort(daemon)
+            }
+            BrokerKind::Nats => {
+                let output = cohort()
+                    .args(["broker", "nats-config", "--listen", &addr.to_string(), "--keys"])
+                    .arg(&keys_dir)
+                    .arg("--tls-cert")
+                    .arg(&cert)
+                    .arg("--tls-key")
+                    .arg(&key)
+                    .output()
+                    .unwrap();
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+                let config = String::from_utf8(output.stdout).unwrap();
+                assert!(config.contains("nkey:"), "{config}");
+                // The harness writes its own listen line for the port it picked.
+                let config: String = config
+                    .lines()
+                    .filter(|line| !line.starts_with("listen:"))
+                    .map(|line| format!("{line}\n"))
+                    .collect();
+                Broker::Nats(NatsServer::start_on(&config, addr.port()))
+            }
+        };
+        let url = format!("tls://{addr}");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        write(&policies, "touch.policy", "policy default deny\nallow\tclient=alice\tmark\t*\t*\n");
+        let agents = dir.path().join("agents");
+        std::fs::create_dir_all(agents.join("touch")).unwrap();
+        for file in ["touch.json", "touch"] {
+            let to = agents.join("touch").join(file);
+            std::fs::copy(fixtures().join("secure-agents/touch").join(file), &to).unwrap();
+        }
+        let mut secure =
+            Secure { dir, keys: keys_dir, url, _broker: broker, nodes: Vec::new(), work };
+        // Revoke `gone` only after the broker admitted everyone: nodes must refuse it by
+        // themselves (the broker's list is fixed at start).
+        keys(&secure.keys, &["revoke", "--credential", &secure.cred("client", "gone")]);
+        for client in ["alice", "bob"] {
+            secure.client_config(client);
+        }
+        for name in NODES {
+            let config = write(
+                secure.dir.path(),
+                &format!("{name}.toml"),
+                &format!(
+                    "registration_interval = \"1s\"\n\
+                     [security]\n\
+                     issuers = [{issuer:?}]\nkey = {key:?}\ncredential = {cred:?}\n\
+                     revocations = {revoked:?}\npolicies = {policies:?}\naudit_log = {audit:?}\n\
+                     tls_ca = {ca:?}\n",
+                    issuer = secure.keys.join("issuer.pub").display().to_string(),
+                    key = secure.keys.join(format!("node.{name}.seed")).display().to_string(),
+                    cred = secure.cred("node", name),
+                    revoked = secure.keys.join("revoked.json").display().to_string(),
+                    policies = policies.display().to_string(),
+                    audit = secure.audit_path(name).display().to_string(),
+                    ca = secure.keys.join("ca.pem").display().to_string(),
+                ),
+            );
+            let mut command = cohort();
+            command
+                .args(["daemon", "--identity", name, "--broker", &secure.url, "--config"])
+                .arg(config)
+                .arg("--agents-dir")
+                .arg(&agents)
+                .env("COHORT_LOG", "info");
+            secure.nodes.push(Daemon::spawn(command));
+        }
+        secure.wait_for_nodes();
+        secure
+    }
+
+    fn cred(&self, role: &str, name: &str) -> String {
+        self.keys.join(format!("{role}.{name}.cred")).display().to_string()
+    }
+
+    fn audit_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.audit.log"))
+    }
+
+    fn client_config(&self, name: &str) -> PathBuf {
+        write(
+            self.dir.path(),
+            &format!("{name}.toml"),
+            &format!(
+                "brokers = [{url:?}]\nkey = \"keys/client.{name}.seed\"\n\
+                 credential = \"keys/client.{name}.cred\"\nissuers = [\"keys/issuer.pub\"]\n\
+                 revocations = \"keys/revoked.json\"\ntls_ca = \"keys/ca.pem\"\nagents_dir = \"agents\"\n\
+                 discovery_timeout = 2\n",
+                url = self.url,
+            ),
+        )
+    }
+
+    fn cli(&self, client: &str, args: &[&str]) -> std::process::Output {
+        cohort()
+            .args(args)
+            .arg("-c")
+            .arg(self.dir.path().join(format!("{client}.toml")))
+            .output()
+            .unwrap()
+    }
+
+    fn wait_for_nodes(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = self.cli("alice", &["find", "--dt", "1"]);
+            let found = String::from_utf8_lossy(&output.stdout).lines().count();
+            if found == NODES.len() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.nodes.iter().map(Daemon::stderr_text).collect();
+                panic!(
+                    "only {found} nodes answered alice:\n{}\n{}",
+                    String::from_utf8_lossy(&output.stderr),
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn signer(&self, role: &str, name: &str) -> Signer {
+        cohort_keystore::read_signer(
+            &self.keys.join(format!("{role}.{name}.seed")),
+            Path::new(&self.cred(role, name)),
+        )
+        .unwrap()
+    }
+
+    /// A bus connection admitted as `role`/`name` (its nkey, over TLS), reporting server
+    /// errors (permission violations) on the returned channel.
+    async fn connect(
+        &self,
+        role: &str,
+        name: &str,
+    ) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .nkey(self.signer(role, name).key().seed())
+            .add_root_certificates(self.keys.join("ca.pem"))
+            .require_tls(true)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = event {
+                        let _ = tx.send(err.to_string());
+                    }
+                }
+            })
+            .connect(self.url.as_str())
+            .await
+            .unwrap();
+        (client, rx)
+    }
+
+    /// Audit records on every node mentioning `needle`, waiting up to 10 s for `count`.
+    fn audited(&self, needle: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Value> = NODES
+                .iter()
+                .flat_map(|node| {
+                    std::fs::read_to_string(self.audit_path(node))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|line| line.contains(needle))
+                        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if found.len() >= count || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn request(caller: &str, path: &Path) -> Request {
+    let mut data = Map::new();
+    data.insert("path".into(), json!(path.display().to_string()));
+    data.insert("token".into(), json!("hunter2"));
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+    Request {
+        protocol: PROTOCOL.to_owned(),
+        version: VERSION,
+        id: RequestId::from_random(id),
+        sender: "test".into(),
+        caller: caller.into(),
+        collective: Collective::new("cohort").unwrap(),
+        agent: AgentName::new("touch").unwrap(),
+        time: now_ms(SystemTime::now()),
+        ttl: 60,
+        filter: Filter::default(),
+        body: RpcBody { action: "mark".into(), data, process_results: true },
+    }
+}
+
+fn seal(signer: &Signer, request: &Request) -> Bytes {
+    Bytes::from(signer.seal(&String::from_utf8(request.to_bytes()).unwrap()))
+}
+
+async fn publish(client: &async_nats::Client, request: &Request, bytes: Bytes) {
+    let reply = format!("cohort.reply.{}.{}", caller_hash("client=alice"), request.id);
+    client.publish_with_reply("cohort.broadcast.agent.touch", reply, bytes).await.unwrap();
+    client.flush().await.unwrap();
+}
+
+/// Every node audited `request` as refused for a reason containing `why`, and nothing ran.
+fn assert_refused(fleet: &Secure, request: &Request, path: &Path, why: &str) {
+    let records = fleet.audited(request.id.as_str(), NODES.len());
+    assert_eq!(records.len(), NODES.len(), "{why}: {records:?}");
+    for record in &records {
+        assert_eq!(record["decision"], "refused", "{record}");
+        let reason = record["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "expected {why:?} in {reason:?}");
+        assert!(record.get("inputs").is_none_or(Value::is_null), "refused inputs copied: {record}");
+    }
+    assert!(!path.exists(), "the agent ran for a request refused for {why}");
+}
+
+fn stats_sum(fleet: &Secure, key: &str) -> u64 {
+    let output = fleet.cli("alice", &["rpc", "rpcutil", "daemon_stats", "-j"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    doc["replies"].as_array().unwrap().iter().map(|r| r["data"][key].as_u64().unwrap()).sum()
+}
+
+async fn scenario(kind: BrokerKind) {
+    let fleet = Secure::start(kind);
+    let work = fleet.work.clone();
+    let alice = fleet.signer("client", "alice");
+    let (bus, mut errors) = fleet.connect("client", "alice").await;
+
+    // The valid path, through the CLI: signed, verified, allowed, run, audited with the
+    // sensitive input redacted, reply verified.
+    let good = work.join("good");
+    let output = fleet.cli(
+        "alice",
+        &["rpc", "touch", "mark", &format!("path={}", good.display()), "token=hunter2", "-j"],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["replies"].as_array().unwrap().len(), NODES.len(), "{doc}");
+    assert_eq!(std::fs::read_to_string(&good).unwrap().trim(), "client=alice");
+    let allowed = fleet.audited("\"decision\":\"allow\"", NODES.len());
+    let marked: Vec<&Value> = allowed.iter().filter(|r| r["agent"] == "touch").collect();
+    assert_eq!(marked.len(), NODES.len(), "{allowed:?}");
+    for record in marked {
+        assert_eq!(record["inputs"]["token"], "[redacted]", "{record}");
+        assert_eq!(record["caller"], "client=alice");
+        assert_eq!(record["verified"], true);
+        assert_eq!(record["status"], 0);
+        assert_eq!(record["rule"], "touch.policy line 2");
+    }
+
+    // A caller the policy denies: status 1, agent never runs, audited as deny.
+    let denied = work.join("denied");
+    let output =
+        fleet.cli("bob", &["rpc", "touch", "mark", &format!("path={}", denied.display()), "-j"]);
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for reply in doc["replies"].as_array().unwrap() {
+        assert_eq!(reply["statuscode"], 1, "{reply}");
+        assert!(reply["statusmsg"].as_str().unwrap().contains("not authorized"), "{reply}");
+    }
+    assert!(!denied.exists());
+    let denials = fleet.audited("\"decision\":\"deny\"", NODES.len());
+    assert!(
+        denials
+            .iter()
+            .all(|r| r["caller"] == "client=bob" && r["rule"] == "touch.policy policy default")
+    );
+
+    // Unsigned.
+    let path = work.join("unsigned");
+    let req = request("client=alice", &path);
+    publish(&bus, &req, Bytes::from(req.to_bytes())).await;
+    assert_refused(&fleet, &req, &path, "unsigned request");
+
+    // Tampered body: alice's signature, another path.
+    let path = work.join("tampered");
+    let req = request("client=alice", &work.join("innocent"));
+    let sealed: Value = serde_json::from_slice(&seal(&alice, &req)).unwrap();
+    let mut forged = sealed.clone();
+    let message = sealed["message"].as_str().unwrap().replace("innocent", "tampered");
+    forged["message"] = Value::String(message);
+    publish(&bus, &req, Bytes::from(serde_json::to_vec(&forged).unwrap())).await;
+    assert_refused(&fleet, &req, &path, "does not match the message");
+
+    // Forged signature: alice's credential, a signature by a key that is not hers.
+    let path = work.join("forged");
+    let req = request("client=alice", &path);
+    let mallory = SecretKey::generate(KeyKind::Member, [7; 32]);
+    let mut forged: Value = serde_json::from_slice(&seal(&alice, &req)).unwrap();
+    let signed = format!("cohort-message-v1\n{}", forged["message"].as_str().unwrap());
+    let signature = mallory.sign(signed.as_bytes());
+    forged["signature"] = json!(base64_encode(&signature));
+    publish(&bus, &req, Bytes::from(serde_json::to_vec(&forged).unwrap())).await;
+    assert_refused(&fleet, &req, &path, "does not match the message");
+
+    // A credential from another issuer.
+    let other = fleet.dir.path().join("other");
+    keys(&other, &["init"]);
+    keys(&other, &["issue", "--role", "client", "--name", "alice"]);
+    let stranger = cohort_keystore::read_signer(
+        &other.join("client.alice.seed"),
+        &other.join("client.alice.cred"),
+    )
+    .unwrap();
+    let path = work.join("foreign");
+    let req = request("client=alice", &path);
+    publish(&bus, &req, seal(&stranger, &req)).await;
+    assert_refused(&fleet, &req, &path, "not a trusted issuer");
+
+    // An expired credential from the right issuer.
+    let issuer =
+        cohort_keystore::read_secret_key(&fleet.keys.join("issuer.seed"), KeyKind::Issuer).unwrap();
+    let now = now_ms(SystemTime::now()) / 1000;
+    let old_key = SecretKey::generate(KeyKind::Member, [8; 32]);
+    let old = Credential::issue(
+        &issuer,
+        "alice",
+        Role::Client,
+        old_key.public(),
+        "old".into(),
+        now - 100,
+        now - 50,
+    )
+    .unwrap();
+    let path = work.join("expired");
+    let req = request("client=alice", &path);
+    publish(&bus, &req, seal(&Signer::new(old_key, old).unwrap(), &req)).await;
+    assert_refused(&fleet, &req, &path, "expired");
+
+    // A revoked credential.
+    let path = work.join("revoked");
+    let req = request("client=gone", &path);
+    publish(&bus, &req, seal(&fleet.signer("client", "gone"), &req)).await;
+    assert_refused(&fleet, &req, &path, "revoked");
+
+    // A node's credential cannot send requests, even through a client's connection.
+    let path = work.join("from-node");
+    let req = request(&format!("node={}", NODES[0]), &path);
+    publish(&bus, &req, seal(&fleet.signer("node", NODES[0]), &req)).await;
+    assert_refused(&fleet, &req, &path, "may not send requests");
+
+    // Signed by alice, claiming to be bob.
+    let path = work.join("impostor");
+    let req = request("client=bob", &path);
+    publish(&bus, &req, seal(&alice, &req)).await;
+    assert_refused(&fleet, &req, &path, "signed by client=alice");
+
+    // A stale message time (validly signed).
+    let path = work.join("stale");
+    let mut req = request("client=alice", &path);
+    req.time -= 120_000;
+    publish(&bus, &req, seal(&alice, &req)).await;
+    assert_refused(&fleet, &req, &path, "TTL of 60 s");
+
+    // Replays: the same bytes re-published, and a new message reusing an id.
+    let path = work.join("replayed");
+    let req = request("client=alice", &path);
+    let bytes = seal(&alice, &req);
+    publish(&bus, &req, bytes.clone()).await;
+    let ran = fleet.audited(req.id.as_str(), NODES.len());
+    assert!(ran.iter().all(|r| r["decision"] == "allow"), "{ran:?}");
+    assert!(path.exists());
+    std::fs::remove_file(&path).unwrap();
+    publish(&bus, &req, bytes).await;
+    let records = fleet.audited(req.id.as_str(), 2 * NODES.len());
+    assert_eq!(records.iter().filter(|r| r["decision"] == "refused").count(), NODES.len());
+    assert!(records.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("replay")));
+    let mut again = request("client=alice", &work.join("same-id"));
+    again.id = req.id.clone();
+    publish(&bus, &again, seal(&alice, &again)).await;
+    let records = fleet.audited(req.id.as_str(), 3 * NODES.len());
+    assert_eq!(records.iter().filter(|r| r["decision"] == "refused").count(), 2 * NODES.len());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!path.exists() && !work.join("same-id").exists(), "a replay ran");
+
+    // Broker permissions: a node may not publish requests, a client may not read another
+    // caller's replies.
+    let (node_bus, mut node_errors) = fleet.connect("node", NODES[1]).await;
+    let path = work.join("node-published");
+    let req = request("client=alice", &path);
+    node_bus.publish("cohort.broadcast.agent.touch", seal(&alice, &req)).await.unwrap();
+    node_bus.flush().await.unwrap();
+    let violation = tokio::time::timeout(Duration::from_secs(5), node_errors.recv()).await;
+    let violation = violation.unwrap().unwrap().to_lowercase();
+    assert!(violation.contains("permissions violation for publish"), "{violation}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!path.exists());
+    let bobs = format!("cohort.reply.{}.>", caller_hash("client=bob"));
+    let mut snoop = bus.subscribe(bobs).await.unwrap();
+    let violation = tokio::time::timeout(Duration::from_secs(5), errors.recv()).await;
+    let violation = violation.unwrap().unwrap().to_lowercase();
+    assert!(violation.contains("permissions violation for subscription"), "{violation}");
+    let output = fleet.cli("bob", &["rpc", "rpcutil", "ping", "-j"]);
+    assert!(output.status.success());
+    let heard = tokio::time::timeout(Duration::from_millis(500), snoop.next()).await;
+    assert!(!matches!(heard, Ok(Some(_))), "alice read bob's replies");
+
+    // A compromised node answers in another node's name, and with an unsigned reply: the
+    // client shows both as unverified and merges neither with the genuine replies.
+    let (rogue, _) = fleet.connect("node", NODES[1]).await;
+    let mut heard = rogue.subscribe("cohort.broadcast.agent.>").await.unwrap();
+    rogue.flush().await.unwrap();
+    let n2 = fleet.signer("node", NODES[1]);
+    let impostor = tokio::spawn(async move {
+        while let Some(message) = heard.next().await {
+            let Some(reply_to) = message.reply.clone() else { continue };
+            let inner = cohort_security::peek(&message.payload).unwrap();
+            let request = Request::from_bytes(inner.as_bytes()).unwrap();
+            let mut reply = json!({
+                "protocol": PROTOCOL, "version": VERSION, "request_id": request.id,
+                "sender": NODES[0], "agent": request.agent, "action": request.body.action,
+                "time": now_ms(SystemTime::now()), "status": 0, "status_message": "OK",
+                "data": {"pong": 1},
+            });
+            let forged = n2.seal(&reply.to_string());
+            rogue.publish(reply_to.clone(), forged.into()).await.unwrap();
+            reply["sender"] = json!("ghost.example.net");
+            rogue.publish(reply_to, reply.to_string().into()).await.unwrap();
+            rogue.flush().await.unwrap();
+        }
+    });
+    let output = fleet.cli("alice", &["rpc", "rpcutil", "ping", "-j"]);
+    impostor.abort();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let senders: Vec<&str> =
+        doc["replies"].as_array().unwrap().iter().map(|r| r["sender"].as_str().unwrap()).collect();
+    assert_eq!(senders.len(), NODES.len(), "{doc}");
+    assert!(NODES.iter().all(|n| senders.contains(n)), "{doc}");
+    assert_eq!(doc["stats"]["responses"], NODES.len(), "{doc}");
+    assert!(doc["stats"]["no_responses"].as_array().unwrap().is_empty(), "{doc}");
+    let unverified = doc["stats"]["unverified_replies"].as_array().unwrap();
+    let reasons: Vec<String> = unverified.iter().map(|u| u.to_string()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(&format!("signed by node={}", NODES[1]))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("ghost.example.net") && r.contains("unsigned reply")),
+        "{reasons:?}"
+    );
+
+    // Counted, and the valid path still works after all of it.
+    assert!(stats_sum(&fleet, "unverified") >= 8 * NODES.len() as u64);
+    assert!(stats_sum(&fleet, "replayed") >= 2 * NODES.len() as u64);
+    assert!(stats_sum(&fleet, "ttlexpired") >= NODES.len() as u64);
+    assert!(stats_sum(&fleet, "unauthorized") >= NODES.len() as u64);
+    let last = work.join("still-works");
+    let output = fleet.cli("alice", &["rpc", "touch", "mark", &format!("path={}", last.display())]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(last.exists());
+
+    // SIGHUP re-reads the policies and reopens the audit log (log rotation).
+    let policies = fleet.dir.path().join("policies");
+    write(
+        &policies,
+        "touch.policy",
+        "policy default deny\nallow\tclient=alice client=bob\tmark\t*\t*\n",
+    );
+    for node in NODES {
+        std::fs::rename(fleet.audit_path(node), fleet.audit_path(node).with_extension("log.1"))
+            .unwrap();
+    }
+    for daemon in &fleet.nodes {
+        daemon.signal("HUP");
+    }
+    let bobs = work.join("bob-now-allowed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bobs.exists() {
+        assert!(Instant::now() < deadline, "bob still denied after SIGHUP");
+        fleet.cli("bob", &["rpc", "touch", "mark", &format!("path={}", bobs.display())]);
+    }
+    assert_eq!(std::fs::read_to_string(&bobs).unwrap().trim(), "client=bob");
+    let rotated = fleet.audited("bob-now-allowed", 1);
+    assert!(
+        rotated.iter().any(|r| r["decision"] == "allow" && r["caller"] == "client=bob"),
+        "{rotated:?}"
+    );
+
+    // Revoking bob and reloading: nodes refuse him at once, though the broker (whose list is
+    // fixed at start) still lets him connect.
+    keys(&fleet.keys, &["revoke", "--credential", &fleet.cred("client", "bob")]);
+    for daemon in &fleet.nodes {
+        daemon.signal("HUP");
+    }
+    let revoked = work.join("bob-revoked");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = fleet.cli(
+            "bob",
+            &["rpc", "touch", "mark", &format!("path={}", revoked.display()), "--dt", "1"],
+        );
+        if !revoked.exists() && !output.status.success() {
+            break;
+        }
+        let _ = std::fs::remove_file(&revoked);
+        assert!(Instant::now() < deadline, "bob still served after his revocation and SIGHUP");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let records = fleet.audited("client=bob", 1);
+    assert!(
+        records.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("revoked")),
+        "{records:?}"
+    );
+
+    // A private key others can read is refused with the fix in the message.
+    let seed = fleet.keys.join("client.alice.seed");
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let output = fleet.cli("alice", &["ping"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("readable by group or others (mode 0644)"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_refused_audited_counted_on_our_broker() {
+    scenario(BrokerKind::Cohort).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_refused_audited_counted_on_nats_server() {
+    scenario(BrokerKind::Nats).await;
+}
+
+#[test]
+fn daemon_refuses_to_start_insecure_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "daemon.toml", "");
+    let output = cohort()
+        .args(["daemon", "--identity", "x.example.net", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("security is not configured"), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+}
+
+#[test]
+fn keys_refuse_to_overwrite_and_need_an_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    let output = cohort()
+        .arg("keys")
+        .arg("--dir")
+        .arg(&keys_dir)
+        .args(["issue", "--role", "node", "--name", "a"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("issuer.seed"));
+    keys(&keys_dir, &["init"]);
+    let output = cohort().arg("keys").arg("--dir").arg(&keys_dir).arg("init").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
+    let output = cohort()
+        .arg("keys")
+        .arg("--dir")
+        .arg(&keys_dir)
+        .args(["issue", "--role", "admin", "--name", "a"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role"));
+    let output = cohort()
+        .arg("keys")
+        .arg("--dir")
+        .arg(&keys_dir)
+        .args(["issue", "--role", "node", "--name", "bad name"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid name"));
+    let seed = keys_dir.join("issuer.seed");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777, 0o600);
+}
