@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use cohort_security::{Authorizer, ReplayCache, ReplayError, Signer, Trust};
 
 /// Request ids remembered at most; see [`ReplayCache`].
-pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
+pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 
 /// Everything a node needs to verify requests, authorize them and sign replies.
 #[derive(Debug)]

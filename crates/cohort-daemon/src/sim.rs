@@ -126,6 +126,11 @@ pub struct FleetSecurity {
     pub broker_login: bool,
     /// CA of the broker's TLS certificate; TLS is then required.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Allow every caller every action (benchmarks); otherwise the defaults apply: read-only
+    /// built-in agents allowed, every other agent denied.
+    pub allow_all: bool,
+    /// One audit log all simulated nodes write to (each record names its node).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl FleetSecurity {
@@ -194,8 +199,12 @@ impl Fleet {
                 Map::new(),
                 Duration::from_secs(30),
             );
-            let state = Arc::new(match security {
+            let state = match security {
                 Some(security) => state.with_security(node_security(security, &identity, &mut rng)),
+                None => state,
+            };
+            let state = Arc::new(match security.and_then(|security| security.audit.clone()) {
+                Some(audit) => state.with_audit(audit),
                 None => state,
             });
             let mut connect = async_nats::ConnectOptions::new().name(identity.as_str());
@@ -255,7 +264,11 @@ fn node_security(
     Arc::new(crate::security::NodeSecurity::new(
         Trust::new(vec![security.issuer.public().clone()]),
         signer,
-        Authorizer::new(Default::default(), Default::default(), Some(Decision::Allow)),
+        Authorizer::new(
+            Default::default(),
+            Default::default(),
+            security.allow_all.then_some(Decision::Allow),
+        ),
         crate::security::DEFAULT_REPLAY_CAPACITY,
     ))
 }

@@ -155,57 +155,58 @@ pub fn is_sealed(bytes: &[u8]) -> bool {
         .is_some_and(|protocol| protocol == SECURE_PROTOCOL)
 }
 
+/// A signed envelope whose credential verified, its signature not yet checked.
+struct Staged {
+    message: String,
+    signer: Arc<Verified>,
+    /// Domain prefix + message: the bytes the signature covers.
+    signed: Vec<u8>,
+    signature: Option<ed25519_dalek::Signature>,
+}
+
+impl Staged {
+    fn new(bytes: &[u8], trust: &Trust, now: i64) -> Result<Staged, OpenError> {
+        let sealed: SealedIn =
+            serde_json::from_slice(bytes).map_err(|err| OpenError::Malformed(err.to_string()))?;
+        if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
+            return Err(OpenError::Protocol { protocol: sealed.protocol, version: sealed.version });
+        }
+        let signer = trust.verify(&sealed.credential, now)?;
+        let signature = STANDARD
+            .decode(&sealed.signature)
+            .ok()
+            .and_then(|raw| ed25519_dalek::Signature::from_slice(&raw).ok());
+        let mut signed = Vec::with_capacity(MESSAGE_DOMAIN.len() + sealed.message.len());
+        signed.extend_from_slice(MESSAGE_DOMAIN);
+        signed.extend_from_slice(sealed.message.as_bytes());
+        Ok(Staged { message: sealed.message, signer, signed, signature })
+    }
+
+    /// Checks the signature unless `batch_verified` says it already was.
+    fn finish(self, batch_verified: bool) -> Result<Opened, OpenError> {
+        let good = self.signature.is_some_and(|signature| {
+            batch_verified || self.signer.key.verify(&self.signed, &signature.to_bytes())
+        });
+        if !good {
+            return Err(OpenError::Signature { caller: self.signer.caller.clone() });
+        }
+        Ok(Opened { message: self.message, signer: self.signer })
+    }
+}
+
 /// Checks a signed envelope at `now` (Unix seconds) and returns the inner message and signer.
 pub fn open(bytes: &[u8], trust: &Trust, now: i64) -> Result<Opened, OpenError> {
-    let sealed: SealedIn =
-        serde_json::from_slice(bytes).map_err(|err| OpenError::Malformed(err.to_string()))?;
-    if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
-        return Err(OpenError::Protocol { protocol: sealed.protocol, version: sealed.version });
-    }
-    let signer = trust.verify(&sealed.credential, now)?;
-    let signature = STANDARD.decode(&sealed.signature).unwrap_or_default();
-    let mut signed = Vec::with_capacity(MESSAGE_DOMAIN.len() + sealed.message.len());
-    signed.extend_from_slice(MESSAGE_DOMAIN);
-    signed.extend_from_slice(sealed.message.as_bytes());
-    if !signer.key.verify(&signed, &signature) {
-        return Err(OpenError::Signature { caller: signer.caller.clone() });
-    }
-    Ok(Opened { message: sealed.message, signer })
+    Staged::new(bytes, trust, now)?.finish(false)
 }
 
 /// Opens many signed envelopes at once, as [`open`] does each: the signatures whose credentials
 /// verified are checked together (Ed25519 batch verification, about twice as fast per message
 /// for a few hundred), and only when the batch fails is each checked alone to find the bad ones.
-/// The results are in the order of `items`.
+/// The results are in the order of `items`. (Batch verification accepts exactly the signatures
+/// single verification accepts, except for non-canonical variants only the key holder can make.)
 pub fn open_many(items: &[&[u8]], trust: &Trust, now: i64) -> Vec<Result<Opened, OpenError>> {
-    struct Staged {
-        message: String,
-        signer: Arc<Verified>,
-        signed: Vec<u8>,
-        signature: Option<ed25519_dalek::Signature>,
-    }
-    let staged: Vec<Result<Staged, OpenError>> = items
-        .iter()
-        .map(|bytes| {
-            let sealed: SealedIn = serde_json::from_slice(bytes)
-                .map_err(|err| OpenError::Malformed(err.to_string()))?;
-            if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
-                return Err(OpenError::Protocol {
-                    protocol: sealed.protocol,
-                    version: sealed.version,
-                });
-            }
-            let signer = trust.verify(&sealed.credential, now)?;
-            let signature = STANDARD
-                .decode(&sealed.signature)
-                .ok()
-                .and_then(|raw| ed25519_dalek::Signature::from_slice(&raw).ok());
-            let mut signed = Vec::with_capacity(MESSAGE_DOMAIN.len() + sealed.message.len());
-            signed.extend_from_slice(MESSAGE_DOMAIN);
-            signed.extend_from_slice(sealed.message.as_bytes());
-            Ok(Staged { message: sealed.message, signer, signed, signature })
-        })
-        .collect();
+    let staged: Vec<Result<Staged, OpenError>> =
+        items.iter().map(|bytes| Staged::new(bytes, trust, now)).collect();
     let candidates: Vec<&Staged> =
         staged.iter().filter_map(|s| s.as_ref().ok()).filter(|s| s.signature.is_some()).collect();
     let all_good = candidates.len() > 1 && {
@@ -216,22 +217,7 @@ pub fn open_many(items: &[&[u8]], trust: &Trust, now: i64) -> Vec<Result<Opened,
             candidates.iter().map(|s| *s.signer.key.verifying()).collect();
         ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     };
-    staged
-        .into_iter()
-        .map(|staged| {
-            let staged = staged?;
-            let good = match staged.signature {
-                None => false,
-                Some(signature) => {
-                    all_good || staged.signer.key.verify(&staged.signed, &signature.to_bytes())
-                }
-            };
-            if !good {
-                return Err(OpenError::Signature { caller: staged.signer.caller.clone() });
-            }
-            Ok(Opened { message: staged.message, signer: staged.signer })
-        })
-        .collect()
+    staged.into_iter().map(|staged| staged?.finish(all_good)).collect()
 }
 
 /// The inner message of a signed envelope, checking nothing: for nodes running `--insecure`,

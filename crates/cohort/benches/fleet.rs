@@ -83,7 +83,9 @@ fn security(on: bool) -> (Option<FleetSecurity>, ClientSecurity) {
         trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
         tls_ca: None,
     };
-    (Some(FleetSecurity { issuer, broker_login: false, tls_ca: None }), client)
+    let fleet =
+        FleetSecurity { issuer, broker_login: false, tls_ca: None, allow_all: true, audit: None };
+    (Some(fleet), client)
 }
 
 fn discovery() -> DiscoveryOptions {

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use cohort_broker::config::{Authorization, TlsConfig};
 use cohort_broker::{Broker, Config as BrokerConfig};
+use cohort_daemon::audit::AuditLog;
 use cohort_daemon::sim::{Fleet, FleetSecurity, plan};
 use cohort_keystore::KeyDir;
 use cohort_proto::Collective;
@@ -116,8 +117,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             println!("COHORT_CONFIG={}", client_config.display());
             eprintln!(
                 "The fleet stays up. In another terminal, export the two lines above and run \
-                 `cohort ping`. Ctrl-C stops it (the throwaway keys in {} go with it).",
-                secure.dir.display()
+                 `cohort ping`. Every request the nodes handle or refuse is recorded in {}. \
+                 Ctrl-C stops it (the throwaway keys go with it).",
+                secure.dir.join("audit.log").display()
             );
             let _ = tokio::signal::ctrl_c().await;
         }
@@ -160,8 +162,16 @@ impl Secure {
         let (ca, cert, key) = keys.tls(&["127.0.0.1".to_owned(), "localhost".to_owned()])?;
         let mut users: Vec<_> =
             crate::broker::role_users(keys.path())?.into_iter().map(|(_, user)| user).collect();
-        let fleet =
-            FleetSecurity { issuer: keys.issuer()?, broker_login: true, tls_ca: Some(ca.clone()) };
+        let fleet = FleetSecurity {
+            issuer: keys.issuer()?,
+            broker_login: true,
+            tls_ca: Some(ca.clone()),
+            allow_all: false,
+            audit: Some(std::sync::Arc::new(
+                AuditLog::open(&dir.join("audit.log"))
+                    .context("cannot open the demo's audit log")?,
+            )),
+        };
         for (identity, _) in plan(nodes, SEED) {
             let node_key = fleet.node_key(&identity);
             let claims = Claims {

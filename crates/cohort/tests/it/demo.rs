@@ -60,6 +60,13 @@ fn serve_keeps_the_fleet_up_for_other_terminals() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("12 replies max: "), "{text}");
+    let audit = std::fs::read_to_string(config.with_file_name("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"caller\":\"client=demo\"") && l.contains("\"verified\":true")),
+        "{audit}"
+    );
     // The demo is secure: without its credential the broker does not even let a client in.
     let output =
         cohort().args(["ping", "--broker", url]).env("HOME", "/nonexistent").output().unwrap();

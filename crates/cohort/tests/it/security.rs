@@ -23,8 +23,12 @@ use crate::process::{Daemon, cohort, write};
 
 const NODES: [&str; 2] = ["n1.example.net", "n2.example.net"];
 
+fn keys_output(dir: &Path, args: &[&str]) -> std::process::Output {
+    cohort().arg("keys").arg("--dir").arg(dir).args(args).output().unwrap()
+}
+
 fn keys(dir: &Path, args: &[&str]) -> String {
-    let output = cohort().arg("keys").arg("--dir").arg(dir).args(args).output().unwrap();
+    let output = keys_output(dir, args);
     assert!(
         output.status.success(),
         "cohort keys {args:?}: {}",
@@ -649,38 +653,23 @@ fn daemon_refuses_to_start_insecure_unless_told() {
 fn keys_refuse_to_overwrite_and_need_an_issuer() {
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("keys");
-    let output = cohort()
-        .arg("keys")
-        .arg("--dir")
-        .arg(&keys_dir)
-        .args(["issue", "--role", "node", "--name", "a"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("issuer.seed"));
+    let refused = |args: &[&str], needle: &str| {
+        let output = keys_output(&keys_dir, args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    refused(&["issue", "--role", "node", "--name", "a"], "issuer.seed");
     keys(&keys_dir, &["init"]);
-    let output = cohort().arg("keys").arg("--dir").arg(&keys_dir).arg("init").output().unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
-    let output = cohort()
-        .arg("keys")
-        .arg("--dir")
-        .arg(&keys_dir)
-        .args(["issue", "--role", "admin", "--name", "a"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role"));
-    let output = cohort()
-        .arg("keys")
-        .arg("--dir")
-        .arg(&keys_dir)
-        .args(["issue", "--role", "node", "--name", "bad name"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid name"));
-    let seed = keys_dir.join("issuer.seed");
+    refused(&["init"], "refusing to overwrite");
+    refused(&["issue", "--role", "admin", "--name", "a"], "unknown role");
+    refused(&["issue", "--role", "node", "--name", "bad name"], "invalid name");
+    keys(&keys_dir, &["issue", "--role", "node", "--name", "a"]);
+    refused(&["issue", "--role", "node", "--name", "a"], "refusing to overwrite");
+    refused(&["revoke"], "nothing to revoke");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777, 0o600);
+    for seed in ["issuer.seed", "node.a.seed"] {
+        let mode = std::fs::metadata(keys_dir.join(seed)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{seed}");
+    }
 }
