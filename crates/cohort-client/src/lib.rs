@@ -6,6 +6,8 @@
 //! code in the result, never an `Err` of the whole call. `Err` means the call itself could not
 //! be made (no broker, a subject the broker refused).
 
+pub mod sources;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,7 +166,26 @@ pub struct NodeReply {
 }
 
 impl CallResult {
-    fn empty() -> CallResult {
+    /// Adds the result of another batch of the same call: replies and every count are summed,
+    /// the name lists merged and sorted. The first batch's request id and start time stay.
+    pub fn absorb(&mut self, other: CallResult) {
+        self.replies.extend(other.replies);
+        let stats = &mut self.stats;
+        let more = other.stats;
+        stats.discovered += more.discovered;
+        stats.responses += more.responses;
+        stats.ok += more.ok;
+        stats.failed += more.failed;
+        stats.no_responses.extend(more.no_responses);
+        stats.no_responses.sort();
+        stats.unexpected.extend(more.unexpected);
+        stats.unexpected.sort();
+        stats.unverified.extend(more.unverified);
+        stats.request_time += more.request_time;
+    }
+
+    /// A result with nothing in it, to absorb batches into.
+    pub fn empty() -> CallResult {
         CallResult {
             replies: Vec::new(),
             stats: CallStats {
@@ -734,6 +755,10 @@ impl Client {
         let mut seen: BTreeSet<Identity> = BTreeSet::new();
         let mut replies = Vec::new();
         let mut unverified = Vec::new();
+        // Replies from nodes nobody expected: held while discovery latecomers may still make
+        // them expected, then reported by name only (never counted as responses).
+        let mut held: Vec<NodeReply> = Vec::new();
+        let mut strangers: Vec<Identity> = Vec::new();
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
         let direct = matches!(call.targets, Targets::Direct(_));
@@ -776,21 +801,36 @@ impl Client {
                         Some(Incoming::Reply(_)) => continue,
                     };
                     if !seen.insert(reply.sender.clone()) {
+                        // A second answer from the same node is not a second response.
                         continue;
                     }
-                    outstanding.remove(&reply.sender);
                     let node_reply = NodeReply { reply, elapsed: sent.elapsed() };
-                    on_reply(&node_reply);
-                    replies.push(node_reply);
-                    if expected.is_empty() && direct {
-                        break;
+                    let sender = node_reply.reply.sender.clone();
+                    if expected.is_empty() || expected.contains(&sender) {
+                        outstanding.remove(&sender);
+                        on_reply(&node_reply);
+                        replies.push(node_reply);
+                        if expected.is_empty() && direct {
+                            break;
+                        }
+                    } else if late.is_some() {
+                        // Perhaps a node whose discovery reply is still on its way.
+                        held.push(node_reply);
+                    } else {
+                        strangers.push(sender);
                     }
                 }
                 node = next_late(&mut late) => {
                     match node {
                         Some(node) => {
-                            if expected.insert(node.clone()) && !seen.contains(&node) {
-                                outstanding.insert(node);
+                            if expected.insert(node.clone()) {
+                                if let Some(at) = held.iter().position(|r| r.reply.sender == node) {
+                                    let node_reply = held.remove(at);
+                                    on_reply(&node_reply);
+                                    replies.push(node_reply);
+                                } else if !seen.contains(&node) {
+                                    outstanding.insert(node);
+                                }
                             }
                         }
                         // The discovery subscription ended; stop listening to it.
@@ -811,8 +851,9 @@ impl Client {
             session.replies.unsubscribe().await;
         }
         let ok = replies.iter().filter(|r| r.reply.status == cohort_proto::StatusCode::Ok).count();
-        let unexpected: Vec<Identity> =
-            seen.iter().filter(|node| !expected.contains(*node)).cloned().collect();
+        let mut unexpected: Vec<Identity> =
+            held.into_iter().map(|r| r.reply.sender).chain(strangers).collect();
+        unexpected.sort();
         let no_responses: Vec<Identity> =
             expected.iter().filter(|node| !seen.contains(*node)).cloned().collect();
         let stats = CallStats {
@@ -828,6 +869,48 @@ impl Client {
             request_time,
         };
         Ok(CallOutcome { result: CallResult { replies, stats }, expected })
+    }
+
+    /// Sends `call` without waiting for replies. With `reply_to`, nodes answer on that subject
+    /// (for another process to collect); without it, nodes act and send nothing back (`--nr`).
+    /// Returns the request id.
+    pub async fn send(
+        &self,
+        call: &Call,
+        reply_to: Option<&str>,
+    ) -> Result<RequestId, ClientError> {
+        let id = new_request_id();
+        let body = RpcBody {
+            action: call.action.clone(),
+            data: call.data.clone(),
+            process_results: reply_to.is_some(),
+        };
+        let request = self.request(
+            id.clone(),
+            &call.collective,
+            call.agent.clone(),
+            body,
+            call.filter.clone(),
+            call.ttl,
+        );
+        let bytes: bytes::Bytes = self.encode(&request).into();
+        let subjects: Vec<String> = match &call.targets {
+            Targets::Broadcast { .. } => vec![broadcast_subject(&call.collective, &call.agent)],
+            Targets::Direct(nodes) => {
+                nodes.iter().map(|node| node_subject(&call.collective, node)).collect()
+            }
+        };
+        for subject in subjects {
+            let sent = match reply_to {
+                Some(reply) => {
+                    self.nats.publish_with_reply(subject, reply.to_owned(), bytes.clone()).await
+                }
+                None => self.nats.publish(subject, bytes.clone()).await,
+            };
+            sent.map_err(|err| ClientError::Bus(err.to_string()))?;
+        }
+        self.nats.flush().await.map_err(|err| ClientError::Bus(err.to_string()))?;
+        Ok(id)
     }
 
     /// Waits until everything published has been written to the broker.

@@ -17,6 +17,17 @@ pub(crate) struct FindArgs {
 pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
+    if let crate::discovery::Method::Fixed(name, nodes) =
+        args.common.discovery.method(&filter, &settings.collective)?
+    {
+        for node in &nodes {
+            writeln!(io.out, "{node}")?;
+        }
+        if settings.verbose {
+            writeln!(io.err, "Discovered {} nodes using the {name} method", nodes.len())?;
+        }
+        return Ok(if nodes.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
     let client = settings.connect().await?;
     let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
     for node in &discovered.nodes {

@@ -2,11 +2,13 @@
 //! flags, sets up logging and hands over to one module per subcommand, which in turn call the
 //! library crates.
 
+mod apps;
 mod boot;
 mod broker;
 mod checks;
 mod daemon;
 mod demo;
+mod discovery;
 mod find;
 mod keys;
 mod options;
@@ -48,6 +50,21 @@ enum Command {
     Boot(boot::BootArgs),
     /// Manage the organisation issuer, credentials, revocations and broker TLS.
     Keys(keys::KeysArgs),
+    /// Each value of a fact across the matching nodes, with how many have it.
+    Facts(apps::FactsArgs),
+    /// One node's statistics, agents, classes and facts; or the collectives; or an export.
+    Inventory(apps::InventoryArgs),
+    /// Explain a filter in words.
+    DescribeFilter(apps::DescribeFilterArgs),
+    /// Agent documentation from the DDLs.
+    Plugin(apps::PluginArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from the command-line definition.
+    Man,
 }
 
 /// Client commands, shared by `main` and the demo tour.
@@ -61,6 +78,10 @@ enum ClientCommand {
     Rpc(rpc::RpcArgs),
     /// Nrpe.
     Nrpe(checks::NrpeArgs),
+    /// Facts.
+    Facts(apps::FactsArgs),
+    /// Inventory.
+    Inventory(apps::InventoryArgs),
 }
 
 async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::Result<ExitCode> {
@@ -69,6 +90,8 @@ async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::
         ClientCommand::Find(args) => find::run(args, io).await,
         ClientCommand::Rpc(args) => rpc::run(args, io).await,
         ClientCommand::Nrpe(args) => checks::nrpe(args, io).await,
+        ClientCommand::Facts(args) => apps::facts(args, io).await,
+        ClientCommand::Inventory(args) => apps::inventory(args, io).await,
     }
 }
 
@@ -114,14 +137,51 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
+        Command::Facts(args) => client_runtime(ClientCommand::Facts(args)),
+        Command::Inventory(args) => client_runtime(ClientCommand::Inventory(args)),
+        Command::DescribeFilter(args) => output::Io::with_std(|io| apps::describe_filter(args, io)),
+        Command::Plugin(args) => output::Io::with_std(|io| apps::plugin(args, io)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            // Rendered into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cohort", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => write_stdout(&page),
+                Err(err) => Err(err.into()),
+            }
+        }
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`cohort rpc ... | head`): nothing left to say, like `cat`.
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("cohort: error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes)?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr, filtered by `COHORT_LOG` (default `info` for daemons, `warn` otherwise).

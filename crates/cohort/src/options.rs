@@ -126,6 +126,8 @@ pub(crate) struct CommonFlags {
     /// More detail: the full statistics block.
     #[arg(short = 'v', long = "verbose", help_heading = "Common Options")]
     pub(crate) verbose: bool,
+    #[command(flatten)]
+    pub(crate) discovery: crate::discovery::DiscoveryFlags,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -14,11 +14,44 @@ pub(crate) struct PingArgs {
     filter: FilterFlags,
     #[command(flatten)]
     common: CommonFlags,
+    /// Also draw the distribution of round-trip times (20 buckets from fastest to slowest).
+    #[arg(long = "graph")]
+    graph: bool,
+}
+
+/// A sparkline of how many of `times` fall in each of `buckets` equal ranges from the smallest
+/// to the largest.
+pub(crate) fn sparkline(times: &[Duration], buckets: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) else {
+        return String::new();
+    };
+    let span = (*max - *min).as_secs_f64();
+    let mut counts = vec![0usize; buckets.max(1)];
+    for time in times {
+        let offset = (*time - *min).as_secs_f64();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let bucket = if span > 0.0 { ((offset / span) * counts.len() as f64) as usize } else { 0 };
+        let last = counts.len() - 1;
+        counts[bucket.min(last)] += 1;
+    }
+    let most = counts.iter().copied().max().unwrap_or(1).max(1);
+    counts
+        .iter()
+        .map(
+            |&count| if count == 0 { ' ' } else { BARS[(count * (BARS.len() - 1)).div_ceil(most)] },
+        )
+        .collect()
 }
 
 pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
+    let method = args.common.discovery.method(&filter, &settings.collective)?;
     let client = settings.connect().await?;
     let mut options = settings.discovery();
     // Ping waits for the slowest node up to -t (default 5 s) plus --dt, not only the discovery
@@ -27,9 +60,17 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
         settings.timeout.unwrap_or(Duration::from_secs(5)) + settings.discovery_timeout;
     // Literal identities still need the network here: ping measures the round trip.
     let mut filter_for_network = filter.clone();
-    if cohort_client::literal_identities(&filter).is_some() {
+    let listed = match method {
+        crate::discovery::Method::Fixed(_, nodes) => Some(nodes),
+        crate::discovery::Method::Broadcast => cohort_client::literal_identities(&filter),
+    };
+    if let Some(nodes) = listed {
+        if nodes.is_empty() {
+            writeln!(io.err, "No nodes to ping.")?;
+            return Ok(ExitCode::FAILURE);
+        }
         filter_for_network.identity =
-            filter.identity.iter().map(|id| format!("/^{}$/", regex::escape(id))).collect();
+            nodes.iter().map(|id| format!("/^{}$/", regex::escape(id.as_str()))).collect();
     }
     let mut times = Vec::new();
     let mut write_error = None;
@@ -64,5 +105,25 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
         ms(min),
         avg
     )?;
+    if args.graph {
+        writeln!(io.out, "\n{:.2} ms |{}| {:.2} ms", ms(min), sparkline(&times, 20), ms(max))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_buckets() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let line = sparkline(&[ms(10), ms(10), ms(10), ms(20)], 4);
+        assert_eq!(line.chars().count(), 4);
+        assert_eq!(line.chars().next(), Some('█'));
+        assert_eq!(line.chars().nth(1), Some(' '));
+        assert_ne!(line.chars().last(), Some(' '));
+        assert_eq!(sparkline(&[ms(5)], 3).chars().next(), Some('█'));
+        assert_eq!(sparkline(&[], 3), "");
+    }
 }

@@ -16,11 +16,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cohort_client::{Call, CallResult, Discovered, Targets};
+use cohort_client::{Call, CallResult, Discovered, NodeReply, Targets};
 use cohort_ddl::{ActionDdl, AgentDdl, Display, Summary};
-use cohort_proto::{AgentName, StatusCode};
+use cohort_proto::{AgentName, Identity, StatusCode};
 use serde_json::{Map, Value, json};
 
+use crate::discovery;
 use crate::options::{CommonFlags, FilterFlags};
 use crate::output::{Io, ms, name_grid, progress, unverified_lines};
 
@@ -47,6 +48,101 @@ pub(crate) struct RpcArgs {
     /// No progress bar.
     #[arg(long = "np", visible_alias = "no-progress", help_heading = "RPC Options")]
     no_progress: bool,
+    /// One JSON object per reply as it arrives, then one summary object.
+    #[arg(long = "jsonl", conflicts_with = "json", help_heading = "RPC Options")]
+    jsonl: bool,
+    /// Print replies sorted by identity instead of in arrival order.
+    #[arg(long = "sort", help_heading = "RPC Options")]
+    sort: bool,
+    /// Send to N nodes (or N% of them) at a time, each batch waiting for its replies.
+    #[arg(long = "batch", value_name = "N|N%", value_parser = parse_count, help_heading = "RPC Options")]
+    batch: Option<Count>,
+    /// Seconds to wait between batches.
+    #[arg(
+        long = "batch-sleep",
+        value_name = "SECONDS",
+        default_value_t = 1.0,
+        requires = "batch",
+        help_heading = "RPC Options"
+    )]
+    batch_sleep: f64,
+    /// Act on only N of the discovered nodes (or N%).
+    #[arg(long = "limit-nodes", visible_alias = "ln", value_name = "N|N%", value_parser = parse_count, help_heading = "RPC Options")]
+    limit: Option<Count>,
+    /// Act on one discovered node (--limit-nodes 1).
+    #[arg(short = '1', long = "one", conflicts_with = "limit", help_heading = "RPC Options")]
+    one: bool,
+    /// How --limit-nodes picks: first (in identity order) or random.
+    #[arg(long = "limit-method", value_name = "METHOD", value_parser = ["first", "random"], default_value = "random", help_heading = "RPC Options")]
+    limit_method: String,
+    /// Seed for --limit-method random: the same seed picks the same nodes.
+    #[arg(long = "limit-seed", value_name = "N", help_heading = "RPC Options")]
+    limit_seed: Option<u64>,
+    /// Fire and forget: nodes act but do not reply; prints the request id.
+    #[arg(long = "nr", visible_alias = "no-results", conflicts_with_all = ["json", "jsonl", "reply_to"], help_heading = "RPC Options")]
+    no_results: bool,
+    /// Nodes reply to this subject instead of to this client, which does not wait; prints the
+    /// request id. On a secure fleet nodes may only publish under `<collective>.reply.`.
+    #[arg(long = "reply-to", value_name = "SUBJECT", conflicts_with_all = ["json", "jsonl"], help_heading = "RPC Options")]
+    reply_to: Option<String>,
+}
+
+/// A count of nodes, absolute or a percentage of those discovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// Exactly this many.
+    Nodes(usize),
+    /// This percentage, rounded up, at least one.
+    Percent(u8),
+}
+
+impl Count {
+    fn of(self, total: usize) -> usize {
+        match self {
+            Count::Nodes(n) => n,
+            Count::Percent(p) => (total * usize::from(p)).div_ceil(100).max(1),
+        }
+    }
+}
+
+fn parse_count(text: &str) -> Result<Count, String> {
+    let bad = || format!("{text:?} is not a positive number of nodes or a percentage (N or N%)");
+    match text.strip_suffix('%') {
+        Some(percent) => match percent.parse::<u8>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(Count::Percent(p)),
+            _ => Err(bad()),
+        },
+        None => match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Count::Nodes(n)),
+            _ => Err(bad()),
+        },
+    }
+}
+
+/// Picks `count` of `nodes`: the first in identity order, or a random choice that the same
+/// seed repeats.
+pub(crate) fn limit(
+    nodes: BTreeSet<Identity>,
+    count: Count,
+    random: bool,
+    seed: Option<u64>,
+) -> BTreeSet<Identity> {
+    let keep = count.of(nodes.len());
+    if keep >= nodes.len() {
+        return nodes;
+    }
+    if !random {
+        return nodes.into_iter().take(keep).collect();
+    }
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut rng = match seed {
+        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+        None => rand::rngs::StdRng::from_entropy(),
+    };
+    let mut all: Vec<Identity> = nodes.into_iter().collect();
+    all.shuffle(&mut rng);
+    all.into_iter().take(keep).collect()
 }
 
 /// Finds the DDL of `agent`: built in, or `<agents_dir>/<agent>/<agent>.json`.
@@ -115,6 +211,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     };
     let data = parse_inputs(&args.inputs, action)?;
 
+    let method = args.common.discovery.method(&filter, &settings.collective)?;
     let client = settings.connect().await?;
     let ddl_timeout = ddl
         .as_ref()
@@ -124,44 +221,129 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     // carrying the filter, even when few, and nodes that answer discovery late are still
     // awaited (cohort_client::Client::discover_and_call): where MCollective's direct addressing
     // of small sets would have silently left a slow node out.
-    let call = Call {
+    let mut call = Call {
         agent: agent.clone(),
         action: args.action.clone(),
         data,
         filter: filter.clone(),
         collective: settings.collective.clone(),
-        targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
+        targets: Targets::Broadcast { expected: BTreeSet::new() },
         timeout,
         ttl: settings.ttl,
     };
+    let limit_count = if args.one { Some(Count::Nodes(1)) } else { args.limit };
+    let random = args.limit_method == "random";
+    let shape = |nodes: BTreeSet<Identity>| match limit_count {
+        Some(count) => limit(nodes, count, random, args.limit_seed),
+        None => nodes,
+    };
+
+    if args.no_results || args.reply_to.is_some() {
+        if let discovery::Method::Fixed(_, nodes) = method {
+            call.targets = Targets::Direct(shape(nodes));
+        } else if limit_count.is_some() {
+            let found = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
+            call.targets = Targets::Direct(shape(found.nodes));
+        }
+        let id = client.send(&call, args.reply_to.as_deref()).await?;
+        match &args.reply_to {
+            Some(subject) => writeln!(io.out, "Request sent with id: {id} replying to {subject}")?,
+            None => writeln!(io.out, "Request sent with id: {id}")?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let show_bar = io.err_tty && !args.no_progress && !args.json && !args.jsonl;
+    let verbose_discovery = settings.verbose || (io.err_tty && !args.json && !args.jsonl);
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
-    let show_bar = io.err_tty && !args.no_progress && !args.json;
-    let verbose_discovery = settings.verbose || (io.err_tty && !args.json);
+    let out = &mut *io.out;
     let err = &mut *io.err;
-    let (discovered, result) = client
-        .discover_and_call(
-            &filter,
-            &settings.discovery(),
-            call,
-            |found| {
-                if verbose_discovery {
-                    // Progress, on stderr: a failed write there is not worth failing the call.
-                    let _ = writeln!(
-                        err,
-                        "Discovering hosts using the broadcast method for {} second(s) .... {}",
-                        settings.discovery_timeout.as_secs_f64(),
-                        found.nodes.len()
-                    );
+    let mut write_error = None;
+    let mut on_reply = |reply: &NodeReply| {
+        bar.borrow().inc(1);
+        if args.jsonl
+            && let Err(e) = writeln!(out, "{}", reply_json(reply, true))
+        {
+            write_error.get_or_insert(e);
+        }
+    };
+    let shaped = args.batch.is_some() || limit_count.is_some();
+    let (discovered, result) = match method {
+        discovery::Method::Broadcast if !shaped => {
+            client
+                .discover_and_call(
+                    &filter,
+                    &settings.discovery(),
+                    call,
+                    |found| {
+                        if verbose_discovery {
+                            // Progress, on stderr: a failed write there is not worth failing
+                            // the call.
+                            let _ = writeln!(
+                                err,
+                                "Discovering hosts using the broadcast method for {} second(s) .... {}",
+                                settings.discovery_timeout.as_secs_f64(),
+                                found.nodes.len()
+                            );
+                        }
+                        *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
+                    },
+                    &mut on_reply,
+                )
+                .await?
+        }
+        method => {
+            let mut discovered = match method {
+                discovery::Method::Fixed(name, nodes) => {
+                    if verbose_discovery {
+                        let _ = writeln!(
+                            err,
+                            "Discovered {} nodes using the {name} method",
+                            nodes.len()
+                        );
+                    }
+                    Discovered {
+                        nodes,
+                        elapsed: Duration::ZERO,
+                        networked: false,
+                        unverified: Vec::new(),
+                    }
                 }
-                *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
-            },
-            |_| bar.borrow().inc(1),
-        )
-        .await?;
+                discovery::Method::Broadcast => {
+                    client.discover(&filter, &settings.discovery(), |_, _| {}).await?
+                }
+            };
+            discovered.nodes = shape(std::mem::take(&mut discovered.nodes));
+            *bar.borrow_mut() = progress(discovered.nodes.len(), show_bar);
+            let nodes: Vec<Identity> = discovered.nodes.iter().cloned().collect();
+            let size = args.batch.map_or(nodes.len(), |batch| batch.of(nodes.len())).max(1);
+            let sleep = Duration::try_from_secs_f64(args.batch_sleep)
+                .with_context(|| format!("--batch-sleep {} is not a duration", args.batch_sleep))?;
+            let mut result = CallResult::empty();
+            for (index, batch) in nodes.chunks(size).enumerate() {
+                if index > 0 {
+                    tokio::time::sleep(sleep).await;
+                }
+                call.targets = Targets::Direct(batch.iter().cloned().collect());
+                let part = client.call(call.clone(), &mut on_reply).await?;
+                if index == 0 {
+                    result = part;
+                } else {
+                    result.absorb(part);
+                }
+            }
+            (discovered, result)
+        }
+    };
+    if let Some(err) = write_error {
+        return Err(err.into());
+    }
     if discovered.nodes.is_empty() {
         writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
         if args.json {
-            print_json(io, &agent, &args.action, &discovered, None, &[])?;
+            print_json(io, &agent, &args.action, &discovered, None, &[], args.sort)?;
+        } else if args.jsonl {
+            writeln!(io.out, "{}", summary_json(&discovered, None, &[]))?;
         }
         return Ok(ExitCode::from(1));
     }
@@ -178,7 +360,9 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         None => Vec::new(),
     };
     if args.json {
-        print_json(io, &agent, &args.action, &discovered, Some(&result), &summaries)?;
+        print_json(io, &agent, &args.action, &discovered, Some(&result), &summaries, args.sort)?;
+    } else if args.jsonl {
+        writeln!(io.out, "{}", summary_json(&discovered, Some(&result), &summaries))?;
     } else {
         let display = match args.display.as_deref() {
             Some("ok") => Display::Ok,
@@ -196,6 +380,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
             settings.verbose,
             &agent,
             &args.action,
+            args.sort,
         )?;
     }
     Ok(exit_code(&discovered, &result))
@@ -242,9 +427,12 @@ fn print_text(
     verbose: bool,
     agent: &AgentName,
     action_name: &str,
+    sort: bool,
 ) -> anyhow::Result<()> {
     let mut replies: Vec<_> = result.replies.iter().collect();
-    replies.sort_by(|a, b| a.reply.sender.cmp(&b.reply.sender));
+    if sort {
+        replies.sort_by(|a, b| a.reply.sender.cmp(&b.reply.sender));
+    }
     let mut block = String::new();
     for node in replies {
         let reply = &node.reply;
@@ -294,8 +482,13 @@ fn print_text(
         write!(io.out, "\n{block}")?;
     }
     for summary in summaries {
+        let lines = summary.lines();
+        // Nothing to summarize (every reply failed): no empty heading.
+        if lines.is_empty() {
+            continue;
+        }
         writeln!(io.out, "Summary of {}:\n", summary.display_as)?;
-        for line in summary.lines() {
+        for line in lines {
             writeln!(io.out, "   {line}")?;
         }
         writeln!(io.out)?;
@@ -336,40 +529,32 @@ fn print_text(
     Ok(())
 }
 
-fn print_json(
-    io: &mut Io<'_>,
-    agent: &AgentName,
-    action: &str,
-    discovered: &Discovered,
-    result: Option<&CallResult>,
-    summaries: &[Summary],
-) -> anyhow::Result<()> {
-    let replies: Vec<Value> = result
-        .map(|r| {
-            r.replies
-                .iter()
-                .map(|node| {
-                    json!({
-                        "sender": node.reply.sender,
-                        "agent": node.reply.agent,
-                        "action": node.reply.action,
-                        "statuscode": node.reply.status.code(),
-                        "statusmsg": node.reply.status_message,
-                        "data": node.reply.data,
-                        "time_ms": ms(node.elapsed),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let empty: BTreeSet<cohort_proto::Identity> = BTreeSet::new();
+/// One reply as JSON; `line` adds `"type": "reply"` for `--jsonl`.
+fn reply_json(node: &NodeReply, line: bool) -> Value {
+    let mut value = json!({
+        "sender": node.reply.sender,
+        "agent": node.reply.agent,
+        "action": node.reply.action,
+        "statuscode": node.reply.status.code(),
+        "statusmsg": node.reply.status_message,
+        "data": node.reply.data,
+        "time_ms": ms(node.elapsed),
+    });
+    if line && let Value::Object(map) = &mut value {
+        map.insert("type".into(), json!("reply"));
+    }
+    value
+}
+
+/// The statistics object of `-j` and of the `--jsonl` summary line.
+fn stats_json(discovered: &Discovered, result: Option<&CallResult>) -> Value {
     let unverified: Vec<Value> = discovered
         .unverified
         .iter()
         .chain(result.map(|r| r.stats.unverified.as_slice()).unwrap_or_default())
         .map(|u| json!({ "sender": u.sender, "reason": u.reason }))
         .collect();
-    let stats = match result {
+    match result {
         Some(result) => {
             let s = &result.stats;
             json!({
@@ -386,18 +571,47 @@ fn print_json(
                 "start_time": humantime::format_rfc3339_millis(s.start_time).to_string(),
             })
         }
-        None => json!({
-            "discovered": 0,
-            "responses": 0,
-            "ok": 0,
-            "failed": 0,
-            "no_responses": empty,
-            "unexpected_responses": empty,
-            "unverified_replies": unverified,
-            "discovery_time_ms": ms(discovered.elapsed),
-            "request_time_ms": 0.0,
-        }),
-    };
+        None => {
+            let empty: [&str; 0] = [];
+            json!({
+                "discovered": 0,
+                "responses": 0,
+                "ok": 0,
+                "failed": 0,
+                "no_responses": empty,
+                "unexpected_responses": empty,
+                "unverified_replies": unverified,
+                "discovery_time_ms": ms(discovered.elapsed),
+                "request_time_ms": 0.0,
+            })
+        }
+    }
+}
+
+/// The last line of `--jsonl`.
+fn summary_json(
+    discovered: &Discovered,
+    result: Option<&CallResult>,
+    summaries: &[Summary],
+) -> Value {
+    json!({ "type": "summary", "summaries": summaries, "stats": stats_json(discovered, result) })
+}
+
+fn print_json(
+    io: &mut Io<'_>,
+    agent: &AgentName,
+    action: &str,
+    discovered: &Discovered,
+    result: Option<&CallResult>,
+    summaries: &[Summary],
+    sort: bool,
+) -> anyhow::Result<()> {
+    let mut nodes: Vec<&NodeReply> = result.map(|r| r.replies.iter().collect()).unwrap_or_default();
+    if sort {
+        nodes.sort_by(|a, b| a.reply.sender.cmp(&b.reply.sender));
+    }
+    let replies: Vec<Value> = nodes.into_iter().map(|node| reply_json(node, false)).collect();
+    let stats = stats_json(discovered, result);
     let document = json!({
         "agent": agent,
         "action": action,

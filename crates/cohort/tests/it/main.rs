@@ -9,6 +9,7 @@ mod demo;
 mod fleet;
 mod imds;
 mod nagios;
+mod operator;
 mod process;
 mod security;
 mod tidy;
