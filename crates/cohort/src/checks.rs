@@ -13,6 +13,7 @@ use cohort_nagios::fleet::{Judgement, NodeResult, Tally};
 use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Value, json};
 
+use crate::discovery::Method;
 use crate::options::{CommonFlags, FilterFlags, Settings};
 use crate::output::{Io, ms, name_grid, progress};
 
@@ -87,20 +88,21 @@ struct Ran {
 async fn run_check(
     flags: &CheckFlags,
     settings: &Settings,
+    method: Method,
     mut on_reply: impl FnMut(&cohort_client::NodeReply),
     mut on_discovered: impl FnMut(usize),
 ) -> anyhow::Result<Ran> {
     let mut filter = flags.filter.build()?;
     // Only nodes that can run the check count; others are not "no response". Literal `-I`
-    // names are taken as they are: those nodes are expected, agent or not.
-    if cohort_client::literal_identities(&filter).is_none() {
+    // names and node lists are taken as they are: those nodes are expected, agent or not.
+    if cohort_client::literal_identities(&filter).is_none() && matches!(method, Method::Broadcast) {
         filter.agent.push("nrpe".to_owned());
     }
     let started = Instant::now();
     let client = settings.connect().await?;
     let mut data = serde_json::Map::new();
     data.insert("command".into(), Value::from(flags.check.clone()));
-    let call = cohort_client::Call {
+    let mut call = cohort_client::Call {
         agent: AgentName::new("nrpe")?,
         action: "runcommand".to_owned(),
         data,
@@ -111,15 +113,26 @@ async fn run_check(
         ttl: settings.ttl,
     };
     // With nothing discovered nothing is sent, and the result is empty with zero counts.
-    let (_, result) = client
-        .discover_and_call(
-            &filter,
-            &settings.discovery(),
-            call,
-            |found| on_discovered(found.nodes.len()),
-            |reply| on_reply(reply),
-        )
-        .await?;
+    let result = match method {
+        Method::Broadcast => {
+            client
+                .discover_and_call(
+                    &filter,
+                    &settings.discovery(),
+                    call,
+                    |found| on_discovered(found.nodes.len()),
+                    |reply| on_reply(reply),
+                )
+                .await?
+                .1
+        }
+        Method::Fixed(_, nodes) if nodes.is_empty() => cohort_client::CallResult::empty(),
+        Method::Fixed(_, nodes) => {
+            on_discovered(nodes.len());
+            call.targets = Targets::Direct(nodes);
+            client.call(call, |reply| on_reply(reply)).await?
+        }
+    };
     let (replies, stats) = (result.replies, result.stats);
     let results = replies
         .iter()
@@ -171,12 +184,15 @@ fn node_json(reply: &cohort_client::NodeReply) -> Value {
 
 pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let settings = args.flags.common.settings()?;
+    let method =
+        args.flags.common.discovery.method(&args.flags.filter.build()?, &settings.collective)?;
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
     let show_bar = io.err_tty && !args.no_progress && !args.json && !args.jsonl;
     let mut lines = Vec::new();
     let ran = run_check(
         &args.flags,
         &settings,
+        method,
         |reply| {
             bar.borrow().inc(1);
             if args.jsonl {
@@ -296,8 +312,15 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         + settings.discovery_timeout
         + settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
         + Duration::from_secs(2);
+    let method = match args.flags.filter.build().and_then(|filter| {
+        args.flags.common.discovery.method_without_stdin(&filter, &settings.collective)
+    }) {
+        Ok(method) => method,
+        Err(err) => return unknown(format!("{err:#}")),
+    };
     let ran = runtime.block_on(async {
-        tokio::time::timeout(budget, run_check(&args.flags, &settings, |_| {}, |_| {})).await
+        tokio::time::timeout(budget, run_check(&args.flags, &settings, method, |_| {}, |_| {}))
+            .await
     });
     let ran = match ran {
         Ok(Ok(ran)) => ran,

@@ -78,6 +78,25 @@ impl DiscoveryFlags {
         filter: &Filter,
         collective: &Collective,
     ) -> anyhow::Result<Method> {
+        self.resolve(filter, collective, true)
+    }
+
+    /// As [`DiscoveryFlags::method`], but standard input is read only when `--dm stdin` says
+    /// so: for the Nagios plugin, whose stdin is whatever the monitoring system left open.
+    pub(crate) fn method_without_stdin(
+        &self,
+        filter: &Filter,
+        collective: &Collective,
+    ) -> anyhow::Result<Method> {
+        self.resolve(filter, collective, false)
+    }
+
+    fn resolve(
+        &self,
+        filter: &Filter,
+        collective: &Collective,
+        auto_stdin: bool,
+    ) -> anyhow::Result<Method> {
         let file = || -> anyhow::Result<PathBuf> {
             match (&self.nodes, &self.option) {
                 (Some(path), _) => Ok(path.clone()),
@@ -91,6 +110,7 @@ impl DiscoveryFlags {
         let method = match self.method.as_deref() {
             Some(method) => method,
             None if self.nodes.is_some() => "flatfile",
+            None if !auto_stdin => "broadcast",
             None => match piped_stdin()? {
                 Some(text) => return stdin_nodes(&text, filter),
                 None => "broadcast",

@@ -363,6 +363,22 @@ fn nagios_aggregation_end_to_end() {
     first_line(&lines, "check_state", [3, 0, 0, 0], 2);
     assert_eq!(code, 0);
 
+    // A node list instead of discovery: exactly those nodes are checked.
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("nodes.txt");
+    std::fs::write(&list, "# monitored
+node06.example.net
+ghost.example.net
+").unwrap();
+    let nodes = list.display().to_string();
+    let (lines, code) = plugin(&fleet, &["--nodes", &nodes, "-t", "2", "check_state"]);
+    first_line(&lines, "check_state", [1, 0, 0, 1], 1);
+    assert_eq!(code, 3);
+    assert_eq!(lines[1..], ["NO RESPONSE:", "   ghost.example.net"]);
+    let (lines, code) = plugin(&fleet, &["--nodes", &nodes, "-F", "country=uk", "check_state"]);
+    assert_eq!(code, 3);
+    assert!(lines[0].contains("flatfile discovery method"), "{lines:?}");
+
     // The broker gone: UNKNOWN with the reason, quickly, no stack trace.
     let port = cohort_test_support::free_port();
     let started = Instant::now();
