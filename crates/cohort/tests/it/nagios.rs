@@ -366,10 +366,14 @@ fn nagios_aggregation_end_to_end() {
     // A node list instead of discovery: exactly those nodes are checked.
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("nodes.txt");
-    std::fs::write(&list, "# monitored
+    std::fs::write(
+        &list,
+        "# monitored
 node06.example.net
 ghost.example.net
-").unwrap();
+",
+    )
+    .unwrap();
     let nodes = list.display().to_string();
     let (lines, code) = plugin(&fleet, &["--nodes", &nodes, "-t", "2", "check_state"]);
     first_line(&lines, "check_state", [1, 0, 0, 1], 1);
