@@ -298,11 +298,12 @@ fn discovery_methods_shaping_and_output() {
 fn duplicates_and_strangers_are_not_counted_twice() {
     let fleet = Fleet::start(BrokerKind::Cohort, &NODES[..2]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    // A rogue connection answers every request twice in app1's name and once as a node nobody
-    // discovered (the fleet is insecure: replies are not signed here).
+    // A rogue connection listens as a listed node that never answers for itself (so the call
+    // waits out its timeout and hears everything), and answers in app1's name and as a node
+    // nobody listed (the fleet is insecure: replies are not signed here).
     let (bus, mut heard) = runtime.block_on(async {
         let bus = async_nats::connect(&fleet.url).await.unwrap();
-        let heard = bus.subscribe("cohort.broadcast.agent.rpcutil").await.unwrap();
+        let heard = bus.subscribe("cohort.node.silent.example.com").await.unwrap();
         bus.flush().await.unwrap();
         (bus, heard)
     });
@@ -322,11 +323,26 @@ fn duplicates_and_strangers_are_not_counted_twice() {
             bus.flush().await.unwrap();
         }
     });
-    let output = fleet.cli(&["rpc", "rpcutil", "ping", "-j"]);
+    let list = write(
+        fleet.dir.path(),
+        "listed.txt",
+        "app1.example.com\napp2.example.com\nsilent.example.com\n",
+    );
+    let output = fleet.cli(&[
+        "rpc",
+        "rpcutil",
+        "ping",
+        "-j",
+        "-t",
+        "2",
+        "--nodes",
+        &list.display().to_string(),
+    ]);
     rogue.abort();
     let doc = json(&output);
     assert_eq!(senders(&doc), ["app1.example.com", "app2.example.com"], "{doc}");
     assert_eq!(doc["stats"]["responses"], 2);
+    assert_eq!(doc["stats"]["no_responses"], serde_json::json!(["silent.example.com"]));
     assert_eq!(doc["stats"]["unexpected_responses"], serde_json::json!(["stranger.example.com"]));
 }
 
