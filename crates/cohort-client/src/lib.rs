@@ -511,6 +511,22 @@ impl Client {
         &self.options.caller
     }
 
+    /// A new request for `call`, with its fresh id.
+    fn call_request(&self, call: &Call, process_results: bool) -> (RequestId, Request) {
+        let id = new_request_id();
+        let body =
+            RpcBody { action: call.action.clone(), data: call.data.clone(), process_results };
+        let request = self.request(
+            id.clone(),
+            &call.collective,
+            call.agent.clone(),
+            body,
+            call.filter.clone(),
+            call.ttl,
+        );
+        (id, request)
+    }
+
     /// The request as it goes on the wire: signed when the client has a credential.
     fn encode(&self, request: &Request) -> Vec<u8> {
         match &self.options.security.signer {
@@ -707,18 +723,8 @@ impl Client {
         mut late: Option<DiscoverySession>,
         mut on_reply: impl FnMut(&NodeReply),
     ) -> Result<CallOutcome, ClientError> {
-        let id = new_request_id();
         let start_time = SystemTime::now();
-        let body =
-            RpcBody { action: call.action.clone(), data: call.data.clone(), process_results: true };
-        let request = self.request(
-            id.clone(),
-            &call.collective,
-            call.agent.clone(),
-            body,
-            call.filter.clone(),
-            call.ttl,
-        );
+        let (id, request) = self.call_request(&call, true);
         let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
         let mut incoming = Replies::new(
             self.nats
@@ -879,20 +885,7 @@ impl Client {
         call: &Call,
         reply_to: Option<&str>,
     ) -> Result<RequestId, ClientError> {
-        let id = new_request_id();
-        let body = RpcBody {
-            action: call.action.clone(),
-            data: call.data.clone(),
-            process_results: reply_to.is_some(),
-        };
-        let request = self.request(
-            id.clone(),
-            &call.collective,
-            call.agent.clone(),
-            body,
-            call.filter.clone(),
-            call.ttl,
-        );
+        let (id, request) = self.call_request(call, reply_to.is_some());
         let bytes: bytes::Bytes = self.encode(&request).into();
         let subjects: Vec<String> = match &call.targets {
             Targets::Broadcast { .. } => vec![broadcast_subject(&call.collective, &call.agent)],

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::discovery::Method;
 use crate::options::{CommonFlags, FilterFlags, Settings};
-use crate::output::{Io, ms, name_grid};
+use crate::output::{Io, finished_line, name_grid};
 
 /// Discovers with the chosen method and calls `rpcutil <action>` on the nodes found.
 async fn rpcutil(
@@ -58,13 +58,7 @@ async fn rpcutil(
 
 fn finished(io: &mut Io<'_>, result: &CallResult) -> anyhow::Result<()> {
     let stats = &result.stats;
-    writeln!(
-        io.out,
-        "\nFinished processing {} / {} hosts in {:.2} ms",
-        stats.responses,
-        stats.discovered,
-        ms(stats.request_time)
-    )?;
+    writeln!(io.out, "{}", finished_line(stats))?;
     if !stats.no_responses.is_empty() {
         write!(io.out, "\n{}", name_grid("No response from:", &stats.no_responses))?;
     }

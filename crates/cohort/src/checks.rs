@@ -266,13 +266,7 @@ pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<Exit
         ] {
             writeln!(io.out, "{label:>16}: {n}")?;
         }
-        writeln!(
-            io.out,
-            "\nFinished processing {} / {} hosts in {:.2} ms",
-            ran.stats.responses,
-            ran.stats.discovered,
-            ms(ran.stats.request_time)
-        )?;
+        writeln!(io.out, "{}", crate::output::finished_line(&ran.stats))?;
         if ran.stats.discovered == 0 {
             writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
         }

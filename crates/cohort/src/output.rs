@@ -37,6 +37,16 @@ impl Io<'_> {
 }
 
 /// MCollective's grid of names: width max(longest, 30), floor(90 / width) columns.
+/// MCollective's closing line of a call.
+pub(crate) fn finished_line(stats: &cohort_client::CallStats) -> String {
+    format!(
+        "\nFinished processing {} / {} hosts in {:.2} ms",
+        stats.responses,
+        stats.discovered,
+        ms(stats.request_time)
+    )
+}
+
 /// The replies that did not verify, one per line: never merged with the results.
 pub(crate) fn unverified_lines(unverified: &[cohort_client::Unverified]) -> String {
     let mut text = String::from("Unverified replies (ignored):\n\n");

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::discovery;
 use crate::options::{CommonFlags, FilterFlags};
-use crate::output::{Io, ms, name_grid, progress, unverified_lines};
+use crate::output::{Io, finished_line, ms, name_grid, progress, unverified_lines};
 
 /// Options of `cohort rpc`.
 #[derive(Debug, Clone, clap::Args)]
@@ -507,13 +507,7 @@ fn print_text(
         writeln!(io.out, "      Agent Time: {:.2}ms", ms(stats.request_time))?;
         writeln!(io.out, "      Total Time: {:.2}ms", ms(discovered.elapsed + stats.request_time))?;
     } else {
-        writeln!(
-            io.out,
-            "\nFinished processing {} / {} hosts in {:.2} ms",
-            stats.responses,
-            stats.discovered,
-            ms(stats.request_time)
-        )?;
+        writeln!(io.out, "{}", finished_line(stats))?;
     }
     if !stats.no_responses.is_empty() {
         write!(io.out, "\n{}", name_grid("No response from:", &stats.no_responses))?;
