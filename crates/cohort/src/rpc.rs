@@ -52,7 +52,7 @@ pub(crate) struct RpcArgs {
     #[arg(long = "jsonl", conflicts_with = "json", help_heading = "RPC Options")]
     jsonl: bool,
     /// Print replies sorted by identity instead of in arrival order.
-    #[arg(long = "sort", help_heading = "RPC Options")]
+    #[arg(long = "sort", conflicts_with = "jsonl", help_heading = "RPC Options")]
     sort: bool,
     /// Send to N nodes (or N% of them) at a time, each batch waiting for its replies.
     #[arg(long = "batch", value_name = "N|N%", value_parser = parse_count, help_heading = "RPC Options")]
@@ -79,11 +79,11 @@ pub(crate) struct RpcArgs {
     #[arg(long = "limit-seed", value_name = "N", help_heading = "RPC Options")]
     limit_seed: Option<u64>,
     /// Fire and forget: nodes act but do not reply; prints the request id.
-    #[arg(long = "nr", visible_alias = "no-results", conflicts_with_all = ["json", "jsonl", "reply_to"], help_heading = "RPC Options")]
+    #[arg(long = "nr", visible_alias = "no-results", conflicts_with_all = ["json", "jsonl", "reply_to", "batch"], help_heading = "RPC Options")]
     no_results: bool,
     /// Nodes reply to this subject instead of to this client, which does not wait; prints the
     /// request id. On a secure fleet nodes may only publish under `<collective>.reply.`.
-    #[arg(long = "reply-to", value_name = "SUBJECT", conflicts_with_all = ["json", "jsonl"], help_heading = "RPC Options")]
+    #[arg(long = "reply-to", value_name = "SUBJECT", conflicts_with_all = ["json", "jsonl", "batch"], help_heading = "RPC Options")]
     reply_to: Option<String>,
 }
 
