@@ -446,3 +446,30 @@ fn applications_and_snapshots() {
     let man = stdout(&cohort().arg("man").output().unwrap());
     assert!(man.starts_with(".ie") && man.contains(".TH cohort 1"), "{man}");
 }
+
+#[test]
+fn client_configuration_errors_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write(dir.path(), "client.toml", "brokers = [\"nats://127.0.0.1:1\"]\nbrokerz = 1\n");
+    let output = cohort().args(["find", "-c"]).arg(&config).output().unwrap();
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("brokerz") && err.contains(&config.display().to_string()), "{err}");
+    let output = cohort()
+        .arg("find")
+        .env("COHORT_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("COHORT_CONFIG names"), "{}", stderr(&output));
+    let half = write(dir.path(), "half.toml", "key = \"client.seed\"\n");
+    let output = cohort().args(["find", "-c"]).arg(&half).output().unwrap();
+    assert!(stderr(&output).contains("both `key` and `credential`"), "{}", stderr(&output));
+    let output = cohort().args(["rpc", "rpcutil", "ping", "--batch", "0%"]).output().unwrap();
+    assert!(
+        stderr(&output).contains("not a positive number of nodes or a percentage"),
+        "{}",
+        stderr(&output)
+    );
+}
