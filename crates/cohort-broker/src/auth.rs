@@ -34,7 +34,7 @@ pub(crate) struct Identity {
 }
 
 /// Compiled permissions of one user.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Grants {
     publish: SubjectRules,
     subscribe: SubjectRules,

@@ -187,7 +187,8 @@ impl Config {
 }
 
 impl Authorization {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the token and users (each with a credential, permissions well-formed).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match (&self.token, self.users.is_empty()) {
             (Some(_), false) => {
                 return Err(invalid("authorization", "set either token or users, not both"));

@@ -158,7 +158,7 @@ pub(crate) async fn serve(
     shared.counters.connections_total.inc();
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     let mut rng = rand::rngs::SmallRng::from_entropy();
-    let nonce = shared.auth.wants_nonce().then(|| {
+    let nonce = shared.auth().wants_nonce().then(|| {
         let bytes: [u8; 16] = rng.r#gen();
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
     });
@@ -173,7 +173,7 @@ pub(crate) async fn serve(
         max_payload: config.max_payload,
         client_id: id,
         client_ip: peer.ip().to_string(),
-        auth_required: shared.auth.required(),
+        auth_required: shared.auth().required(),
         tls_required: shared.tls.is_some(),
         nonce: nonce.clone(),
     };
@@ -251,6 +251,7 @@ impl Conn {
         let auth_deadline = tokio::time::sleep(config.auth_timeout);
         tokio::pin!(auth_deadline);
         let write_deadline = config.write_deadline;
+        let mut reloads = self.shared.reloads.subscribe();
         loop {
             tokio::select! {
                 biased;
@@ -291,6 +292,14 @@ impl Conn {
                     }
                     self.pings_out += 1;
                     self.out.push_raw(server::PING, &self.shared);
+                }
+                Ok(()) = reloads.changed() => {
+                    if !self.still_admitted() {
+                        tracing::info!(client = self.id, "no longer admitted after an authorization reload");
+                        self.out.push_err("Authorization Violation".to_owned(), &self.shared);
+                        let _ = self.write_queued(&mut writer, &mut wbuf, write_deadline).await;
+                        return;
+                    }
                 }
                 () = &mut auth_deadline, if self.connect.is_none() => {
                     self.out.push_err("Authentication Timeout".to_owned(), &self.shared);
@@ -456,7 +465,8 @@ impl Conn {
             self.err("no responders requires headers support".to_owned());
             return Some(Stop::Flush);
         }
-        let Some(identity) = self.shared.auth.authenticate(&connect, self.nonce.as_deref()) else {
+        let Some(identity) = self.shared.auth().authenticate(&connect, self.nonce.as_deref())
+        else {
             self.shared.counters.auth_failures.inc();
             tracing::info!(client = self.id, user = ?connect.user, nkey = ?connect.nkey, "authorization violation");
             self.err("Authorization Violation".to_owned());
@@ -467,6 +477,16 @@ impl Conn {
         self.connect = Some(connect);
         self.ok();
         None
+    }
+
+    /// Whether the login this connection made still admits it, with the same permissions,
+    /// under the authorization in force (after a reload). Not yet logged in: nothing to check.
+    fn still_admitted(&self) -> bool {
+        let Some(connect) = &self.connect else { return true };
+        match self.shared.auth().authenticate(connect, self.nonce.as_deref()) {
+            None => false,
+            Some(identity) => identity.grants.as_deref() == self.grants(),
+        }
     }
 
     fn grants(&self) -> Option<&Grants> {

@@ -23,4 +23,4 @@ mod tls;
 
 pub use config::Config;
 pub use metrics::{Counters, Snapshot};
-pub use server::{Broker, BrokerError, RunningBroker};
+pub use server::{Broker, BrokerError, Reloader, RunningBroker};

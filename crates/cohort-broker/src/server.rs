@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::conn::{self, Subscription};
 use crate::index::SubjectIndex;
 use crate::metrics::{self, Counters};
@@ -43,7 +43,9 @@ pub enum BrokerError {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) auth: Auth,
+    auth: std::sync::RwLock<Arc<Auth>>,
+    /// Bumped on every authorization reload; connections re-check their login when it moves.
+    pub(crate) reloads: tokio::sync::watch::Sender<u64>,
     pub(crate) index: RwLock<SubjectIndex<Arc<Subscription>>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) server_id: String,
@@ -54,6 +56,39 @@ pub(crate) struct Shared {
     /// Connections open now, checked against `max_connections` on accept.
     pub(crate) open: AtomicUsize,
     pub(crate) local_addr: SocketAddr,
+}
+
+impl Shared {
+    /// The authorization in force.
+    pub(crate) fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// Replaces a running broker's authorization (users, nkeys, permissions, token): new
+/// connections use the new one at once, and every connected client is checked again, those no
+/// longer admitted, or admitted with other permissions, being disconnected (they reconnect
+/// under the new rules). Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Installs `authorization` (`None`: no authentication) after validating it; on error the
+    /// old one stays in force.
+    pub fn set_authorization(
+        &self,
+        authorization: Option<&crate::config::Authorization>,
+    ) -> Result<(), ConfigError> {
+        if let Some(authorization) = authorization {
+            authorization.validate()?;
+        }
+        let auth = Arc::new(Auth::new(authorization));
+        *self.shared.auth.write().unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
+        self.shared.reloads.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
 }
 
 /// A bound broker, ready to [`run`](Broker::run).
@@ -86,7 +121,8 @@ impl Broker {
         let server_id = nkeys::KeyPair::new_server().public_key();
         let server_name = config.server_name.clone().unwrap_or_else(|| server_id.clone());
         let shared = Arc::new(Shared {
-            auth: Auth::new(config.authorization.as_ref()),
+            auth: std::sync::RwLock::new(Arc::new(Auth::new(config.authorization.as_ref()))),
+            reloads: tokio::sync::watch::Sender::new(0),
             config,
             index: RwLock::new(SubjectIndex::default()),
             counters: Arc::new(Counters::default()),
@@ -114,6 +150,11 @@ impl Broker {
     /// The broker's live counters.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
+    }
+
+    /// A handle to change the authorization while the broker runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { shared: self.shared.clone() }
     }
 
     /// Serves clients until `shutdown` completes, then closes every connection gracefully.
@@ -162,10 +203,11 @@ impl Broker {
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         let counters = self.counters();
+        let reloader = self.reloader();
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
         let task = tokio::spawn(self.run(stopped));
-        RunningBroker { addr, metrics_addr, counters, stop, task }
+        RunningBroker { addr, metrics_addr, counters, reloader, stop, task }
     }
 }
 
@@ -174,6 +216,7 @@ pub struct RunningBroker {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     counters: Arc<Counters>,
+    reloader: Reloader,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -197,6 +240,11 @@ impl RunningBroker {
     /// The broker's live counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// A handle to change the authorization while the broker runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Stops accepting, closes every connection gracefully and waits for that to finish.

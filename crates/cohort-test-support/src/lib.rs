@@ -145,6 +145,15 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
+    /// Rewrites its configuration (same listen line) and tells it to reload (SIGHUP, by PID).
+    pub fn reload(&self, config: &str) {
+        let path = self.dir.path().join("nats.conf");
+        std::fs::write(&path, format!("listen: \"{}\"\n{config}\n", self.addr)).unwrap();
+        let status =
+            Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "cannot signal nats-server");
+    }
+
     /// Kills the server by its PID and reaps it.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -1,7 +1,9 @@
 //! `cohort broker`: run the embedded broker until SIGINT or SIGTERM; `cohort broker
 //! nats-config` writes the equivalent nats-server configuration.
 //!
-//! With `--keys DIR`, every valid credential in the key directory becomes an nkey user with the
+//! SIGHUP re-reads the users (configuration file and `--keys`): new credentials are admitted,
+//! and connected clients no longer admitted, or admitted with other permissions, are
+//! disconnected. With `--keys DIR`, every valid credential in the key directory becomes an nkey user with the
 //! permissions of its role (cohort_security::roles): nodes hear broadcasts and their own
 //! subject and send only replies and registrations, clients send requests and hear only their
 //! own replies. The same users, rendered for nats-server, make a nats-server cluster enforce
@@ -143,29 +145,15 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         print!("{}", nats_config(nats)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Config::from_toml(&text)
-                .with_context(|| format!("invalid config {}", path.display()))?
-        }
-        None => Config::default(),
-    };
+    let mut config = read_config(&args)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     if let Some(metrics) = args.metrics {
         config.metrics = Some(metrics);
     }
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+    if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
         config.tls = Some(TlsConfig { cert, key });
-    }
-    if let Some(dir) = &args.keys {
-        let users = role_users(dir)?;
-        tracing::info!("{} credential(s) admitted from {}", users.len(), dir.display());
-        let authorization = config.authorization.get_or_insert_with(Authorization::default);
-        authorization.users.extend(users.into_iter().map(|(_, user)| user));
     }
     config.validate().context("invalid broker configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -176,15 +164,54 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         // Handlers go in before the port opens, so a signal sent as soon as the broker is
         // reachable is never missed.
         let stop = shutdown_signal()?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
         let broker = Broker::bind(config).await?;
         tracing::info!("broker listening on nats://{}", broker.local_addr());
         if let Some(addr) = broker.metrics_addr() {
             tracing::info!("metrics on http://{addr}/metrics");
         }
+        let reloader = broker.reloader();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                // Users, nkeys and permissions are re-read; listeners, limits and TLS stay.
+                let reloaded = read_config(&args).and_then(|config| {
+                    reloader
+                        .set_authorization(config.authorization.as_ref())
+                        .context("invalid authorization")
+                });
+                match reloaded {
+                    Ok(()) => tracing::info!("SIGHUP: authorization reloaded"),
+                    Err(err) => {
+                        tracing::error!("SIGHUP: keeping the previous authorization: {err:#}");
+                    }
+                }
+            }
+        });
         broker.run(stop).await;
         tracing::info!("broker stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The configuration file (or the defaults) plus the users `--keys` admits.
+fn read_config(args: &BrokerArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Config::from_toml(&text)
+                .with_context(|| format!("invalid config {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.keys {
+        let users = role_users(dir)?;
+        tracing::info!("{} credential(s) admitted from {}", users.len(), dir.display());
+        let authorization = config.authorization.get_or_insert_with(Authorization::default);
+        authorization.users.extend(users.into_iter().map(|(_, user)| user));
+    }
+    Ok(config)
 }
 
 /// Installs SIGINT and SIGTERM handlers; the returned future completes on either.

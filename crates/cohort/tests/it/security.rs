@@ -44,6 +44,28 @@ enum Broker {
     Nats(NatsServer),
 }
 
+/// What `cohort broker nats-config` generates for the key directory, without its listen line
+/// (the harness writes its own).
+fn nats_config(keys_dir: &Path, addr: std::net::SocketAddr) -> String {
+    let output = cohort()
+        .args(["broker", "nats-config", "--listen", &addr.to_string(), "--keys"])
+        .arg(keys_dir)
+        .arg("--tls-cert")
+        .arg(keys_dir.join("broker.pem"))
+        .arg("--tls-key")
+        .arg(keys_dir.join("broker.key"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let config = String::from_utf8(output.stdout).unwrap();
+    assert!(config.contains("nkey:"), "{config}");
+    config
+        .lines()
+        .filter(|line| !line.starts_with("listen:"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 struct Secure {
     dir: tempfile::TempDir,
     keys: PathBuf,
@@ -95,25 +117,7 @@ impl Secure {
                 Broker::Cohort(daemon)
             }
             BrokerKind::Nats => {
-                let output = cohort()
-                    .args(["broker", "nats-config", "--listen", &addr.to_string(), "--keys"])
-                    .arg(&keys_dir)
-                    .arg("--tls-cert")
-                    .arg(&cert)
-                    .arg("--tls-key")
-                    .arg(&key)
-                    .output()
-                    .unwrap();
-                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-                let config = String::from_utf8(output.stdout).unwrap();
-                assert!(config.contains("nkey:"), "{config}");
-                // The harness writes its own listen line for the port it picked.
-                let config: String = config
-                    .lines()
-                    .filter(|line| !line.starts_with("listen:"))
-                    .map(|line| format!("{line}\n"))
-                    .collect();
-                Broker::Nats(NatsServer::start_on(&config, addr.port()))
+                Broker::Nats(NatsServer::start_on(&nats_config(&keys_dir, addr), addr.port()))
             }
         };
         let url = format!("tls://{addr}");
@@ -227,13 +231,33 @@ impl Secure {
         .unwrap()
     }
 
+    /// Tells the broker to re-read its users: SIGHUP for ours, a regenerated configuration and
+    /// SIGHUP for nats-server.
+    fn reload_broker(&self) {
+        match &self._broker {
+            Broker::Cohort(daemon) => daemon.signal("HUP"),
+            Broker::Nats(server) => server.reload(&nats_config(&self.keys, server.addr())),
+        }
+    }
+
     /// A bus connection admitted as `role`/`name` (its nkey, over TLS), reporting server
-    /// errors (permission violations) on the returned channel.
+    /// errors (permission violations) and disconnections on the returned channel.
     async fn connect(
         &self,
         role: &str,
         name: &str,
     ) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        self.try_connect(role, name).await.unwrap()
+    }
+
+    async fn try_connect(
+        &self,
+        role: &str,
+        name: &str,
+    ) -> Result<
+        (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>),
+        async_nats::ConnectError,
+    > {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .nkey(self.signer(role, name).key().seed())
@@ -242,15 +266,20 @@ impl Secure {
             .event_callback(move |event| {
                 let tx = tx.clone();
                 async move {
-                    if let async_nats::Event::ServerError(err) = event {
-                        let _ = tx.send(err.to_string());
+                    match event {
+                        async_nats::Event::ServerError(err) => {
+                            let _ = tx.send(err.to_string());
+                        }
+                        async_nats::Event::Disconnected => {
+                            let _ = tx.send("disconnected".to_owned());
+                        }
+                        _ => {}
                     }
                 }
             })
             .connect(self.url.as_str())
-            .await
-            .unwrap();
-        (client, rx)
+            .await?;
+        Ok((client, rx))
     }
 
     /// Audit records on every node mentioning `needle`, waiting up to 10 s for `count`.
@@ -608,6 +637,36 @@ async fn scenario(kind: BrokerKind) {
         records.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("revoked")),
         "{records:?}"
     );
+
+    // The broker re-reads its users on reload: a node credential issued now is admitted, and
+    // bob (revoked above) loses his open connection and cannot come back.
+    keys(&fleet.keys, &["issue", "--role", "node", "--name", "n3.example.net"]);
+    assert!(fleet.try_connect("node", "n3.example.net").await.is_err(), "admitted before reload");
+    let (_bob_bus, mut bob_errors) = fleet.connect("client", "bob").await;
+    fleet.reload_broker();
+    let violation = tokio::time::timeout(Duration::from_secs(10), bob_errors.recv()).await;
+    let log = match &fleet._broker {
+        Broker::Nats(server) => server.log(),
+        Broker::Cohort(daemon) => daemon.stderr_text(),
+    };
+    let violation = violation
+        .unwrap_or_else(|_| panic!("bob was not disconnected; broker log:\n{log}"))
+        .unwrap()
+        .to_lowercase();
+    // Ours says why before closing; nats-server just closes the connection.
+    assert!(
+        violation.contains("authorization violation") || violation == "disconnected",
+        "{violation}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.try_connect("node", "n3.example.net").await.is_err() {
+        assert!(Instant::now() < deadline, "the new node was not admitted after reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fleet.try_connect("client", "bob").await.is_err(), "revoked bob admitted again");
+    // Everyone else kept working through the reload.
+    let output = fleet.cli("alice", &["rpc", "rpcutil", "ping", "-j"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     // A private key others can read is refused with the fix in the message.
     let seed = fleet.keys.join("client.alice.seed");
