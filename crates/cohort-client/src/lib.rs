@@ -5,6 +5,10 @@
 //! state; progress is reported through callbacks, and one node failing is a reply with a status
 //! code in the result, never an `Err` of the whole call. `Err` means the call itself could not
 //! be made (no broker, a subject the broker refused).
+//!
+//! With [`ClientSecurity`] the client signs every request and believes only replies signed by a
+//! node credential for the identity they name; [`sources`] gives node lists that need no
+//! network (flat files, standard input, inventories).
 
 pub mod sources;
 
