@@ -390,15 +390,16 @@ enum PluginCommand {
     Doc {
         /// The agent [default: list them all].
         agent: Option<String>,
-        #[command(flatten)]
-        common: CommonFlags,
+        /// Client configuration file (for `agents_dir`).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
 /// `cohort plugin doc [AGENT]`.
 pub(crate) fn plugin(args: PluginArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
-    let PluginCommand::Doc { agent, common } = args.command;
-    let settings = common.settings()?;
+    let PluginCommand::Doc { agent, config } = args.command;
+    let settings = CommonFlags::from_config(config).settings()?;
     let dir = settings.agents_dir.as_deref();
     let Some(name) = agent else {
         let mut names: BTreeSet<String> =

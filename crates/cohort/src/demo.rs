@@ -220,7 +220,7 @@ impl Secure {
 
 /// Waits until discovery sees the whole fleet (every node has subscribed).
 async fn wait_for_fleet(config: &Path, count: u32) -> anyhow::Result<()> {
-    let flags = crate::options::CommonFlags::with_config(config);
+    let flags = crate::options::CommonFlags::from_config(Some(config.to_owned()));
     let settings = flags.settings()?;
     let client = settings.connect().await?;
     let discovery = cohort_client::DiscoveryOptions {

@@ -207,9 +207,10 @@ fn client_security(file: &ClientFile) -> anyhow::Result<cohort_client::ClientSec
 }
 
 impl CommonFlags {
-    /// Flags naming only a config file, for in-process callers (the demo).
-    pub(crate) fn with_config(path: &Path) -> CommonFlags {
-        CommonFlags { config: Some(path.to_owned()), ..CommonFlags::default() }
+    /// Flags naming only a config file (or none: the default files), for commands that need
+    /// nothing else of the client settings and for in-process callers (the demo).
+    pub(crate) fn from_config(config: Option<PathBuf>) -> CommonFlags {
+        CommonFlags { config, ..CommonFlags::default() }
     }
 
     pub(crate) fn settings(&self) -> anyhow::Result<Settings> {

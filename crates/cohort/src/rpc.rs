@@ -43,7 +43,7 @@ pub(crate) struct RpcArgs {
     #[arg(short = 'j', long = "json", help_heading = "RPC Options")]
     json: bool,
     /// Which replies to print: ok, all or failed [default: the action's DDL display policy].
-    #[arg(long = "display", value_name = "MODE", value_parser = ["ok", "all", "failed"], help_heading = "RPC Options")]
+    #[arg(long = "display", value_name = "MODE", value_parser = ["ok", "all", "failed"], conflicts_with_all = ["json", "jsonl"], help_heading = "RPC Options")]
     display: Option<String>,
     /// No progress bar.
     #[arg(long = "np", visible_alias = "no-progress", help_heading = "RPC Options")]
@@ -72,9 +72,9 @@ pub(crate) struct RpcArgs {
     /// Act on one discovered node (--limit-nodes 1).
     #[arg(short = '1', long = "one", conflicts_with = "limit", help_heading = "RPC Options")]
     one: bool,
-    /// How --limit-nodes picks: first (in identity order) or random.
-    #[arg(long = "limit-method", value_name = "METHOD", value_parser = ["first", "random"], default_value = "random", help_heading = "RPC Options")]
-    limit_method: String,
+    /// How --limit-nodes picks: first (in identity order) or random [default: random].
+    #[arg(long = "limit-method", value_name = "METHOD", value_parser = ["first", "random"], help_heading = "RPC Options")]
+    limit_method: Option<String>,
     /// Seed for --limit-method random: the same seed picks the same nodes.
     #[arg(long = "limit-seed", value_name = "N", help_heading = "RPC Options")]
     limit_seed: Option<u64>,
@@ -190,6 +190,12 @@ fn parse_inputs(
 }
 
 pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
+    if !args.one
+        && args.limit.is_none()
+        && (args.limit_method.is_some() || args.limit_seed.is_some())
+    {
+        bail!("--limit-method and --limit-seed choose among nodes: give --limit-nodes or -1 too");
+    }
     let agent = AgentName::new(args.agent.as_str())?;
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
@@ -232,7 +238,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         ttl: settings.ttl,
     };
     let limit_count = if args.one { Some(Count::Nodes(1)) } else { args.limit };
-    let random = args.limit_method == "random";
+    let random = args.limit_method.as_deref() != Some("first");
     let shape = |nodes: BTreeSet<Identity>| match limit_count {
         Some(count) => limit(nodes, count, random, args.limit_seed),
         None => nodes,

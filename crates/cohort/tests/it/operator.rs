@@ -466,6 +466,11 @@ fn client_configuration_errors_name_the_key_and_file() {
     let half = write(dir.path(), "half.toml", "key = \"client.seed\"\n");
     let output = cohort().args(["find", "-c"]).arg(&half).output().unwrap();
     assert!(stderr(&output).contains("both `key` and `credential`"), "{}", stderr(&output));
+    let output = cohort().args(["rpc", "rpcutil", "ping", "--limit-seed", "3"]).output().unwrap();
+    assert!(stderr(&output).contains("give --limit-nodes or -1 too"), "{}", stderr(&output));
+    let output =
+        cohort().args(["rpc", "rpcutil", "ping", "--display", "all", "-j"]).output().unwrap();
+    assert!(stderr(&output).contains("cannot be used with"), "{}", stderr(&output));
     let output = cohort().args(["rpc", "rpcutil", "ping", "--batch", "0%"]).output().unwrap();
     assert!(
         stderr(&output).contains("not a positive number of nodes or a percentage"),
