@@ -65,13 +65,7 @@ fn finished(io: &mut Io<'_>, result: &CallResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
+use crate::rpc::value_text as text;
 
 /// Options of `cohort facts`.
 #[derive(Debug, Clone, clap::Args)]

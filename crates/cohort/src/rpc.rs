@@ -412,7 +412,8 @@ fn exit_code(discovered: &Discovered, result: &CallResult) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn value_text(value: &Value) -> String {
+/// A reply value as text: strings bare, null empty, anything else as JSON.
+pub(crate) fn value_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         Value::Number(n) => n.to_string(),
