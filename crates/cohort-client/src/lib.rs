@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use cohort_proto::{
     AgentName, Collective, DISCOVERY_AGENT, Filter, Identity, PROTOCOL, Reply, Request, RequestId,
     RpcBody, VERSION, broadcast_subject, node_subject, now_ms, reply_subject,
@@ -372,6 +373,8 @@ struct CallOutcome {
 const OVERSLEPT: Duration = Duration::from_millis(10);
 /// Last look for replies already received when discovery's window closes.
 const GRACE: Duration = Duration::from_millis(5);
+/// Longest discovery waits for the broker's answer to its probe.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Discovery's reply subscription and its adaptive quiet window.
 struct DiscoverySession {
@@ -426,6 +429,23 @@ impl DiscoverySession {
     fn quiet_at(&self) -> Instant {
         self.last_reply.unwrap_or(self.sent) + self.window
     }
+}
+
+/// Waits for the broker's answer to the discovery probe; never, once it came.
+async fn next_probe(probe: &mut Option<async_nats::Subscriber>) {
+    match probe {
+        Some(sub) => {
+            // Any message (the 503 status) or the end of the subscription: either way the
+            // broker is done with the request.
+            let _ = sub.next().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// `C.node.$probe`: a subject no node subscribes to (`$` is not allowed in identities).
+fn probe_subject(collective: &Collective) -> String {
+    format!("{collective}.node.$probe")
 }
 
 async fn next_late(late: &mut Option<DiscoverySession>) -> Option<Identity> {
@@ -620,6 +640,17 @@ impl Client {
             .subscribe(reply_to.clone())
             .await
             .map_err(|err| ClientError::Bus(err.to_string()))?;
+        // The probe: a message to a subject no node can have, sent right after the request on
+        // the same connection. A broker handles one connection's messages in order, so its "no
+        // responders" answer to the probe means it has finished handing the request to every
+        // node; until then, silence does not mean discovery is over.
+        let probe_reply = format!("{reply_to}.probe");
+        let mut probe = Some(
+            self.nats
+                .subscribe(probe_reply.clone())
+                .await
+                .map_err(|err| ClientError::Bus(err.to_string()))?,
+        );
         let sent = Instant::now();
         self.nats
             .publish_with_reply(
@@ -627,6 +658,10 @@ impl Client {
                 reply_to,
                 self.encode(&request).into(),
             )
+            .await
+            .map_err(|err| ClientError::Bus(err.to_string()))?;
+        self.nats
+            .publish_with_reply(probe_subject(&options.collective), probe_reply, Bytes::new())
             .await
             .map_err(|err| ClientError::Bus(err.to_string()))?;
         let _ = self.nats.flush().await;
@@ -640,11 +675,34 @@ impl Client {
             silent: false,
         };
         let hard_deadline = tokio::time::Instant::now() + options.timeout;
+        // A broker that does not answer the probe (no "no responders" support) costs at most
+        // this much before the quiet window alone decides.
+        let probe_deadline = (tokio::time::Instant::now() + PROBE_WAIT).min(hard_deadline);
         let mut deadline = hard_deadline;
         let mut nodes = BTreeSet::new();
         loop {
-            let found = match tokio::time::timeout_at(deadline, session.next()).await {
-                Ok(found) => found,
+            let wait_until = if probe.is_some() { deadline.max(probe_deadline) } else { deadline };
+            let step = tokio::time::timeout_at(wait_until, async {
+                tokio::select! {
+                    found = session.next() => Some(found),
+                    () = next_probe(&mut probe) => None,
+                }
+            })
+            .await;
+            let found = match step {
+                Ok(Some(found)) => found,
+                // The broker has handed the request to every node: the quiet window starts now
+                // at the earliest.
+                Ok(None) => {
+                    probe = None;
+                    let quiet = tokio::time::Instant::now() + session.window;
+                    deadline = deadline.max(quiet).min(hard_deadline);
+                    continue;
+                }
+                Err(_) if probe.is_some() && tokio::time::Instant::now() < hard_deadline => {
+                    probe = None;
+                    continue;
+                }
                 Err(_) => {
                     // Silence, or this process was not scheduled: a timer that fires well after
                     // its deadline means replies may be waiting unread. Give one more window,
