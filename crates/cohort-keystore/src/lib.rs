@@ -175,7 +175,6 @@ pub fn read_policies(
             return (Authorizer::new(policies, defaults, fallback), errors);
         }
     };
-    let deny_all = Policy::parse("policy default deny\n", &Groups::default()).unwrap_or_default();
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(agent) = path
@@ -194,7 +193,7 @@ pub fn read_policies(
             }
             Err(err) => {
                 errors.push(err);
-                policies.insert(agent.to_owned(), deny_all.clone());
+                policies.insert(agent.to_owned(), Policy::deny_all());
             }
         }
     }

@@ -125,6 +125,11 @@ pub struct Verdict {
 }
 
 impl Policy {
+    /// A policy that denies everything: what an agent gets when its policy file cannot be read.
+    pub fn deny_all() -> Policy {
+        Policy { default: Some(Decision::Deny), rules: Vec::new() }
+    }
+
     /// Parses a policy file, resolving group names with `groups`.
     pub fn parse(text: &str, groups: &Groups) -> Result<Policy, PolicyError> {
         let mut policy = Policy::default();
