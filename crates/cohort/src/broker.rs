@@ -84,17 +84,18 @@ pub(crate) fn role_users(dir: &Path) -> anyhow::Result<Vec<(String, User)>> {
                 continue;
             }
         };
-        users.push((format!("{} (serial {})", claims.caller(), claims.serial), user_for(&claims)));
+        let user = user_for(claims.role, &claims.name, &claims.key);
+        users.push((format!("{} (serial {})", claims.caller(), claims.serial), user));
     }
     Ok(users)
 }
 
-/// The broker user for a credential: its nkey, with its role's permissions.
-pub(crate) fn user_for(claims: &cohort_security::Claims) -> User {
-    let grants = cohort_security::grants(claims);
+/// The broker user for the holder of a credential: its nkey, with its role's permissions.
+pub(crate) fn user_for(role: cohort_security::Role, name: &str, nkey: &str) -> User {
+    let grants = cohort_security::grants(role, name);
     let rules = |allow: Vec<String>| SubjectRules { allow, deny: Vec::new() };
     User {
-        nkey: Some(claims.key.clone()),
+        nkey: Some(nkey.to_owned()),
         permissions: Some(Permissions {
             publish: rules(grants.publish),
             subscribe: rules(grants.subscribe),

@@ -19,7 +19,7 @@ use cohort_daemon::audit::AuditLog;
 use cohort_daemon::sim::{Fleet, FleetSecurity, plan};
 use cohort_keystore::KeyDir;
 use cohort_proto::Collective;
-use cohort_security::{Claims, KeyKind, Role};
+use cohort_security::Role;
 
 use crate::output::Io;
 use crate::{ClientCommand, run_client};
@@ -174,19 +174,12 @@ impl Secure {
         };
         for (identity, _) in plan(nodes, SEED) {
             let node_key = fleet.node_key(&identity);
-            let claims = Claims {
-                version: 1,
-                serial: String::new(),
-                name: identity.to_string(),
-                role: Role::Node,
-                key: node_key.public().as_str().to_owned(),
-                issuer: fleet.issuer.public().as_str().to_owned(),
-                not_before: now,
-                not_after: now,
-            };
-            users.push(crate::broker::user_for(&claims));
+            users.push(crate::broker::user_for(
+                Role::Node,
+                identity.as_str(),
+                node_key.public().as_str(),
+            ));
         }
-        debug_assert_eq!(fleet.issuer.public().kind(), KeyKind::Issuer);
         Ok(Secure {
             dir: dir.to_owned(),
             keys,
