@@ -119,6 +119,13 @@ pub struct Discovered {
     pub unverified: Vec<Unverified>,
 }
 
+impl Discovered {
+    /// Nodes known without asking the network (literal identities, a node list).
+    pub fn listed(nodes: BTreeSet<Identity>, elapsed: Duration) -> Discovered {
+        Discovered { nodes, elapsed, networked: false, unverified: Vec::new() }
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone)]
 pub enum Targets {
@@ -614,13 +621,7 @@ impl Client {
     ) -> Result<(Discovered, Option<DiscoverySession>), ClientError> {
         let started = Instant::now();
         if let Some(nodes) = literal_identities(filter) {
-            let discovered = Discovered {
-                nodes,
-                elapsed: started.elapsed(),
-                networked: false,
-                unverified: Vec::new(),
-            };
-            return Ok((discovered, None));
+            return Ok((Discovered::listed(nodes, started.elapsed()), None));
         }
         let id = new_request_id();
         let discovery =

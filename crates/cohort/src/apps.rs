@@ -44,13 +44,7 @@ async fn rpcutil(
         Method::Fixed(_, nodes) => {
             call.targets = Targets::Direct(nodes.clone());
             let result = client.call(call, |_| {}).await?;
-            let discovered = Discovered {
-                nodes,
-                elapsed: Duration::ZERO,
-                networked: false,
-                unverified: Vec::new(),
-            };
-            (discovered, result)
+            (Discovered::listed(nodes, Duration::ZERO), result)
         }
     };
     Ok((settings, discovered, result))

@@ -308,12 +308,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
                             nodes.len()
                         );
                     }
-                    Discovered {
-                        nodes,
-                        elapsed: Duration::ZERO,
-                        networked: false,
-                        unverified: Vec::new(),
-                    }
+                    Discovered::listed(nodes, Duration::ZERO)
                 }
                 discovery::Method::Broadcast => {
                     client.discover(&filter, &settings.discovery(), |_, _| {}).await?
