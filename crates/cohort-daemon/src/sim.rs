@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::NodeState;
 use crate::facts::Facts;
-use crate::run::{AgentSettings, RunOptions, Signal, builtin_agents};
+use crate::run::{AgentSettings, BusAuth, RunOptions, Signal, builtin_agents};
 
 const COUNTRIES: [&str; 6] = ["uk", "us", "de", "fr", "nl", "jp"];
 const ROLES: [&str; 4] = ["web", "db", "cache", "lb"];
@@ -207,16 +207,15 @@ impl Fleet {
                 Some(audit) => state.with_audit(audit),
                 None => state,
             });
-            let mut connect = async_nats::ConnectOptions::new().name(identity.as_str());
-            if let Some(security) = security {
-                if security.broker_login {
-                    connect = connect.nkey(security.node_key(&identity).seed());
-                }
-                if let Some(ca) = &security.tls_ca {
-                    connect = connect.add_root_certificates(ca.clone()).require_tls(true);
-                }
-            }
-            let client = connect.connect(url).await?;
+            let auth = security.map_or_else(BusAuth::default, |security| BusAuth {
+                nkey_seed: security.broker_login.then(|| security.node_key(&identity).seed()),
+                tls_ca: security.tls_ca.clone(),
+            });
+            let client = auth
+                .apply(async_nats::ConnectOptions::new())
+                .name(identity.as_str())
+                .connect(url)
+                .await?;
             let (stop, signals) = tokio::sync::mpsc::channel(1);
             let options = options.clone();
             fleet.tasks.spawn(async move {
