@@ -17,37 +17,55 @@ use crate::discovery::Method;
 use crate::options::{CommonFlags, FilterFlags, Settings};
 use crate::output::{Io, finished_line, name_grid};
 
-/// Discovers with the chosen method and calls `rpcutil <action>` on the nodes found.
-async fn rpcutil(
-    common: &CommonFlags,
-    filter: &Filter,
-    action: &str,
-    data: Map<String, Value>,
-) -> anyhow::Result<(Settings, Discovered, CallResult)> {
-    let settings = common.settings()?;
-    let method = common.discovery.method(filter, &settings.collective)?;
-    let client = settings.connect().await?;
-    let mut call = Call {
-        agent: AgentName::new("rpcutil")?,
-        action: action.to_owned(),
-        data,
-        filter: filter.clone(),
-        collective: settings.collective.clone(),
-        targets: Targets::Broadcast { expected: BTreeSet::new() },
-        timeout: settings.timeout.unwrap_or(Duration::from_secs(10) + settings.discovery_timeout),
-        ttl: settings.ttl,
-    };
-    let (discovered, result) = match method {
-        Method::Broadcast => {
-            client.discover_and_call(filter, &settings.discovery(), call, |_| {}, |_| {}).await?
-        }
-        Method::Fixed(_, nodes) => {
-            call.targets = Targets::Direct(nodes.clone());
-            let result = client.call(call, |_| {}).await?;
-            (Discovered::listed(nodes, Duration::ZERO), result)
-        }
-    };
-    Ok((settings, discovered, result))
+/// The client side of one application run, set up once: settings (key files, trust), the node
+/// source (which may consume standard input) and the broker connection.
+struct Session {
+    settings: Settings,
+    method: Method,
+    client: cohort_client::Client,
+}
+
+impl Session {
+    async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
+        let settings = common.settings()?;
+        let method = common.discovery.method(filter, &settings.collective)?;
+        let client = settings.connect().await?;
+        Ok(Session { settings, method, client })
+    }
+
+    /// Calls `rpcutil <action>` on the nodes the method finds for `filter`.
+    async fn rpcutil(
+        &self,
+        filter: &Filter,
+        action: &str,
+        data: Map<String, Value>,
+    ) -> anyhow::Result<(Discovered, CallResult)> {
+        let settings = &self.settings;
+        let mut call = Call {
+            agent: AgentName::new("rpcutil")?,
+            action: action.to_owned(),
+            data,
+            filter: filter.clone(),
+            collective: settings.collective.clone(),
+            targets: Targets::Broadcast { expected: BTreeSet::new() },
+            timeout: settings
+                .timeout
+                .unwrap_or(Duration::from_secs(10) + settings.discovery_timeout),
+            ttl: settings.ttl,
+        };
+        Ok(match &self.method {
+            Method::Broadcast => {
+                self.client
+                    .discover_and_call(filter, &settings.discovery(), call, |_| {}, |_| {})
+                    .await?
+            }
+            Method::Fixed(_, nodes) => {
+                call.targets = Targets::Direct(nodes.clone());
+                let result = self.client.call(call, |_| {}).await?;
+                (Discovered::listed(nodes.clone(), Duration::ZERO), result)
+            }
+        })
+    }
 }
 
 fn finished(io: &mut Io<'_>, result: &CallResult) -> anyhow::Result<()> {
@@ -77,7 +95,8 @@ pub(crate) async fn facts(args: FactsArgs, io: &mut Io<'_>) -> anyhow::Result<Ex
     let filter = args.filter.build()?;
     let mut data = Map::new();
     data.insert("fact".into(), json!(args.fact));
-    let (settings, discovered, result) = rpcutil(&args.common, &filter, "get_fact", data).await?;
+    let session = Session::open(&args.common, &filter).await?;
+    let (discovered, result) = session.rpcutil(&filter, "get_fact", data).await?;
     if discovered.nodes.is_empty() {
         writeln!(io.err, "No request sent, we did not discover any nodes.")?;
         return Ok(ExitCode::from(1));
@@ -96,7 +115,7 @@ pub(crate) async fn facts(args: FactsArgs, io: &mut Io<'_>) -> anyhow::Result<Ex
     for (value, nodes) in ordered {
         let shown = if value.is_empty() { "(not set)" } else { value.as_str() };
         writeln!(io.out, "        {shown:<40} found {} times", nodes.len())?;
-        if settings.verbose {
+        if session.settings.verbose {
             let mut nodes: Vec<&&Identity> = nodes.iter().collect();
             nodes.sort();
             for node in nodes {
@@ -141,8 +160,9 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
         bail!("name a node, or give --list-collectives or --export")
     };
     filter.identity = vec![node.to_string()];
-    let (_, _, inventory) = rpcutil(&args.common, &filter, "inventory", Map::new()).await?;
-    let (_, _, stats) = rpcutil(&args.common, &filter, "daemon_stats", Map::new()).await?;
+    let session = Session::open(&args.common, &filter).await?;
+    let (_, inventory) = session.rpcutil(&filter, "inventory", Map::new()).await?;
+    let (_, stats) = session.rpcutil(&filter, "daemon_stats", Map::new()).await?;
     let (Some(inventory), Some(stats)) = (inventory.replies.first(), stats.replies.first()) else {
         bail!("{node} did not answer");
     };
@@ -215,7 +235,8 @@ async fn list_collectives(
     filter: &Filter,
     io: &mut Io<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let (_, _, result) = rpcutil(common, filter, "collective_info", Map::new()).await?;
+    let session = Session::open(common, filter).await?;
+    let (_, result) = session.rpcutil(filter, "collective_info", Map::new()).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for node in &result.replies {
         for collective in
@@ -239,7 +260,8 @@ async fn export(
     path: &std::path::Path,
     io: &mut Io<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let (_, _, result) = rpcutil(common, filter, "inventory", Map::new()).await?;
+    let session = Session::open(common, filter).await?;
+    let (_, result) = session.rpcutil(filter, "inventory", Map::new()).await?;
     let mut nodes = Vec::new();
     for node in &result.replies {
         if node.reply.status != StatusCode::Ok {
