@@ -205,7 +205,6 @@ pub fn check_name(name: &str) -> Result<(), CredentialError> {
 
 impl Credential {
     /// Issues a credential. `serial` should be random (16 bytes, hex).
-    #[allow(clippy::too_many_arguments)]
     pub fn issue(
         issuer: &SecretKey,
         name: &str,

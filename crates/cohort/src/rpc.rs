@@ -89,7 +89,7 @@ pub(crate) struct RpcArgs {
 
 /// A count of nodes, absolute or a percentage of those discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Count {
+enum Count {
     /// Exactly this many.
     Nodes(usize),
     /// This percentage, rounded up, at least one.
@@ -121,7 +121,7 @@ fn parse_count(text: &str) -> Result<Count, String> {
 
 /// Picks `count` of `nodes`: the first in identity order, or a random choice that the same
 /// seed repeats.
-pub(crate) fn limit(
+fn limit(
     nodes: BTreeSet<Identity>,
     count: Count,
     random: bool,
