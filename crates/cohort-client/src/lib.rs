@@ -249,6 +249,9 @@ enum Incoming {
     Reply(Reply),
     /// A reply that did not verify.
     Unverified(Unverified),
+    /// A signed discovery reply read but not yet verified, with its signed bytes (see
+    /// [`Pending`]).
+    Deferred(Reply, Bytes),
 }
 
 /// Messages verified together at most.
@@ -261,11 +264,23 @@ struct Replies {
     sub: async_nats::Subscriber,
     security: ClientSecurity,
     ready: std::collections::VecDeque<Incoming>,
+    /// Signed replies are read without checking their signatures ([`Incoming::Deferred`]).
+    defer: bool,
 }
 
 impl Replies {
     fn new(sub: async_nats::Subscriber, security: &ClientSecurity) -> Replies {
-        Replies { sub, security: security.clone(), ready: std::collections::VecDeque::new() }
+        Replies {
+            sub,
+            security: security.clone(),
+            ready: std::collections::VecDeque::new(),
+            defer: false,
+        }
+    }
+
+    /// Replies whose signatures are checked later, and only where needed ([`Pending`]).
+    fn deferred(sub: async_nats::Subscriber, security: &ClientSecurity) -> Replies {
+        Replies { defer: true, ..Replies::new(sub, security) }
     }
 
     /// The next reply, status or refusal; `None` when the subscription ended. Cancel-safe: the
@@ -284,7 +299,7 @@ impl Replies {
                     _ => break,
                 }
             }
-            self.ready.extend(decode_batch(&self.security, batch));
+            self.ready.extend(decode_batch(&self.security, batch, self.defer));
         }
     }
 
@@ -295,11 +310,13 @@ impl Replies {
 
 /// Decodes and, when the client trusts issuers, verifies a batch of messages in order. A reply
 /// counts only when it is signed by a node credential for the identity it names. Undecodable
-/// noise is dropped.
-fn decode_batch(security: &ClientSecurity, batch: Vec<async_nats::Message>) -> Vec<Incoming> {
-    let claimed = |message: &str| {
-        Reply::from_bytes(message.as_bytes()).ok().map(|reply| reply.sender.to_string())
-    };
+/// noise is dropped. With `defer`, signed replies are only read, and come out as
+/// [`Incoming::Deferred`] for [`verify_sealed`] later.
+fn decode_batch(
+    security: &ClientSecurity,
+    batch: Vec<async_nats::Message>,
+    defer: bool,
+) -> Vec<Incoming> {
     let mut out: Vec<Option<Incoming>> = Vec::with_capacity(batch.len());
     let mut sealed: Vec<(usize, &[u8])> = Vec::new();
     for message in &batch {
@@ -325,49 +342,140 @@ fn decode_batch(security: &ClientSecurity, batch: Vec<async_nats::Message>) -> V
             out.push(item);
             continue;
         }
-        if security.trust.is_none() {
+        if security.trust.is_none() || defer {
             let reply = cohort_security::peek(payload)
                 .ok()
                 .and_then(|message| Reply::from_bytes(message.as_bytes()).ok());
-            out.push(reply.map(Incoming::Reply));
+            out.push(reply.map(|reply| match security.trust {
+                Some(_) => Incoming::Deferred(reply, message.payload.clone()),
+                None => Incoming::Reply(reply),
+            }));
             continue;
         }
         sealed.push((out.len(), payload));
         out.push(None);
     }
     if let Some(trust) = &security.trust {
-        let now = now_ms(SystemTime::now()) / 1000;
         let payloads: Vec<&[u8]> = sealed.iter().map(|(_, payload)| *payload).collect();
-        let opened = cohort_security::open_many(&payloads, trust, now);
-        for ((index, payload), result) in sealed.iter().zip(opened) {
-            out[*index] = match result {
-                Err(err) => Some(Incoming::Unverified(Unverified {
-                    sender: cohort_security::peek(payload).ok().and_then(|m| claimed(&m)),
-                    reason: err.to_string(),
-                })),
-                Ok(opened) => match Reply::from_bytes(opened.message.as_bytes()) {
-                    Err(_) => None,
-                    Ok(reply) => {
-                        let signer = &opened.signer;
-                        if signer.claims.role == Role::Node
-                            && signer.claims.name == reply.sender.as_str()
-                        {
-                            Some(Incoming::Reply(reply))
-                        } else {
-                            Some(Incoming::Unverified(Unverified {
-                                sender: Some(reply.sender.to_string()),
-                                reason: format!(
-                                    "reply from {} is signed by {}",
-                                    reply.sender, signer.caller
-                                ),
-                            }))
-                        }
-                    }
-                },
-            };
+        for ((index, _), checked) in sealed.iter().zip(verify_sealed(trust, &payloads)) {
+            out[*index] = checked;
         }
     }
     out.into_iter().flatten().collect()
+}
+
+/// Verifies signed replies together: each comes out as a reply, as unverified with the reason,
+/// or as `None` when it is not a reply at all. A reply counts only when it is signed by a node
+/// credential for the identity it names.
+fn verify_sealed(trust: &Trust, payloads: &[&[u8]]) -> Vec<Option<Incoming>> {
+    let claimed = |message: &str| {
+        Reply::from_bytes(message.as_bytes()).ok().map(|reply| reply.sender.to_string())
+    };
+    let now = now_ms(SystemTime::now()) / 1000;
+    let opened = cohort_security::open_many(payloads, trust, now);
+    payloads
+        .iter()
+        .zip(opened)
+        .map(|(payload, result)| match result {
+            Err(err) => Some(Incoming::Unverified(Unverified {
+                sender: cohort_security::peek(payload).ok().and_then(|m| claimed(&m)),
+                reason: err.to_string(),
+            })),
+            Ok(opened) => match Reply::from_bytes(opened.message.as_bytes()) {
+                Err(_) => None,
+                Ok(reply) => {
+                    let signer = &opened.signer;
+                    if signer.claims.role == Role::Node
+                        && signer.claims.name == reply.sender.as_str()
+                    {
+                        Some(Incoming::Reply(reply))
+                    } else {
+                        Some(Incoming::Unverified(Unverified {
+                            sender: Some(reply.sender.to_string()),
+                            reason: format!(
+                                "reply from {} is signed by {}",
+                                reply.sender, signer.caller
+                            ),
+                        }))
+                    }
+                }
+            },
+        })
+        .collect()
+}
+
+/// Discovery replies read but not yet verified, by the node they name. Discovery followed by a
+/// call checks them only for the nodes whose call reply did not verify: a verified call reply
+/// proves the node exists and matched the filter, which is all its discovery reply says. That
+/// halves what the client verifies per call; a forged discovery reply is still caught (it
+/// names a node that then does not answer, and its signature is checked before that node is
+/// listed as not responding).
+#[derive(Default)]
+struct Pending {
+    replies: std::collections::BTreeMap<Identity, Vec<Bytes>>,
+}
+
+/// Discovery replies kept per node for later checking: a genuine one and a few forgeries in the
+/// node's name; more from the same name are dropped.
+const PENDING_PER_NODE: usize = 4;
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// Drops the replies of a node whose call reply verified.
+    fn forget(&mut self, node: &Identity) {
+        self.replies.remove(node);
+    }
+
+    fn merge(&mut self, other: Pending) {
+        for (node, payloads) in other.replies {
+            for payload in payloads {
+                self.add(&node, payload);
+            }
+        }
+    }
+
+    fn add(&mut self, node: &Identity, payload: Bytes) {
+        let kept = self.replies.entry(node.clone()).or_default();
+        if kept.len() < PENDING_PER_NODE {
+            kept.push(payload);
+        }
+    }
+
+    /// Checks the pending discovery replies of `nodes`: returns those with no reply that
+    /// verifies, and why each of their replies was refused.
+    fn refute(
+        &mut self,
+        trust: &Trust,
+        nodes: impl Iterator<Item = Identity>,
+    ) -> (BTreeSet<Identity>, Vec<Unverified>) {
+        let mut claims: Vec<(Identity, Bytes)> = Vec::new();
+        for node in nodes {
+            if let Some(payloads) = self.replies.remove(&node) {
+                claims.extend(payloads.into_iter().map(|payload| (node.clone(), payload)));
+            }
+        }
+        let payloads: Vec<&[u8]> = claims.iter().map(|(_, payload)| payload.as_ref()).collect();
+        let checked = verify_sealed(trust, &payloads);
+        let mut confirmed = BTreeSet::new();
+        let mut refused = Vec::new();
+        for ((node, _), result) in claims.iter().zip(checked) {
+            match result {
+                Some(Incoming::Reply(reply)) if reply.sender == *node => {
+                    confirmed.insert(node.clone());
+                }
+                Some(Incoming::Unverified(unverified)) => refused.push(unverified),
+                _ => refused.push(Unverified {
+                    sender: Some(node.to_string()),
+                    reason: "discovery reply does not verify".to_owned(),
+                }),
+            }
+        }
+        let refuted = claims.into_iter().map(|(node, _)| node).filter(|n| !confirmed.contains(n));
+        (refuted.collect(), refused)
+    }
 }
 
 /// A call's result plus the final expected set (discovery latecomers included).
@@ -380,6 +488,8 @@ struct CallOutcome {
 const OVERSLEPT: Duration = Duration::from_millis(10);
 /// Last look for replies already received when discovery's window closes.
 const GRACE: Duration = Duration::from_millis(5);
+/// Shortest quiet time in a call before outstanding nodes' discovery replies are checked.
+const MIN_CHECK_AFTER: Duration = Duration::from_millis(20);
 /// Longest discovery waits for the broker's answer to its probe.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
 
@@ -387,12 +497,20 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 struct DiscoverySession {
     replies: Replies,
     unverified: Vec<Unverified>,
+    /// Signed replies not yet verified (when the replies are deferred).
+    pending: Pending,
     id: RequestId,
     sent: Instant,
     /// Discovery ends once no reply arrived for this long. It adapts to the network: a fleet
     /// whose first reply takes 80 ms, or whose replies trickle in 30 ms apart, is given
     /// correspondingly longer to finish.
     window: Duration,
+    /// The window without its "half the time so far" part: how long discovery waits when a
+    /// call follows (`then_call`). Ending sooner loses nobody then, because the session stays
+    /// open while the call runs and the call waits out the full `window` for latecomers; the
+    /// call just goes out while the last, slowest nodes are still answering discovery.
+    gap_window: Duration,
+    then_call: bool,
     last_reply: Option<Instant>,
     /// No node is subscribed at all (the broker said so).
     silent: bool,
@@ -405,12 +523,13 @@ impl DiscoverySession {
             if self.silent {
                 return None;
             }
-            let reply = match self.replies.next().await? {
+            let (reply, signed) = match self.replies.next().await? {
                 Incoming::NoResponders(_) => {
                     self.silent = true;
                     return None;
                 }
-                Incoming::Reply(reply) => reply,
+                Incoming::Reply(reply) => (reply, None),
+                Incoming::Deferred(reply, signed) => (reply, Some(signed)),
                 Incoming::Unverified(unverified) => {
                     self.unverified.push(unverified);
                     continue;
@@ -419,17 +538,25 @@ impl DiscoverySession {
             if reply.request_id != self.id {
                 continue;
             }
+            if let Some(signed) = signed {
+                self.pending.add(&reply.sender, signed);
+            }
             let now = Instant::now();
             match self.last_reply {
-                None => self.window = self.window.max(now - self.sent),
-                Some(previous) => self.window = self.window.max((now - previous) * 4),
+                None => self.gap_window = self.gap_window.max(now - self.sent),
+                Some(previous) => self.gap_window = self.gap_window.max((now - previous) * 4),
             }
             // A large fleet takes a while to answer; the longer it has taken, the longer a
             // pause can be without meaning it is over.
-            self.window = self.window.max((now - self.sent) / 2);
+            self.window = self.gap_window.max((now - self.sent) / 2).max(self.window);
             self.last_reply = Some(now);
             return Some(reply.sender);
         }
+    }
+
+    /// How long a silence ends discovery.
+    fn ending_window(&self) -> Duration {
+        if self.then_call { self.gap_window } else { self.window }
     }
 
     /// When the quiet window after the last reply ends.
@@ -605,18 +732,21 @@ impl Client {
         options: &DiscoveryOptions,
         on_reply: impl FnMut(&Identity, Duration),
     ) -> Result<Discovered, ClientError> {
-        let (discovered, session) = self.discover_session(filter, options, on_reply).await?;
+        let (discovered, session) = self.discover_session(filter, options, false, on_reply).await?;
         if let Some(mut session) = session {
             session.replies.unsubscribe().await;
         }
         Ok(discovered)
     }
 
-    /// Discovery, keeping its reply subscription open for latecomers.
+    /// Discovery, keeping its reply subscription open for latecomers. With `then_call` (a call
+    /// follows), reply signatures are left for the call to check where needed ([`Pending`]),
+    /// and discovery hands over to the call after a shorter silence (`gap_window`).
     async fn discover_session(
         &self,
         filter: &Filter,
         options: &DiscoveryOptions,
+        then_call: bool,
         mut on_reply: impl FnMut(&Identity, Duration),
     ) -> Result<(Discovered, Option<DiscoverySession>), ClientError> {
         let started = Instant::now();
@@ -666,12 +796,19 @@ impl Client {
             .await
             .map_err(|err| ClientError::Bus(err.to_string()))?;
         let _ = self.nats.flush().await;
+        let replies = match then_call {
+            true => Replies::deferred(replies, &self.options.security),
+            false => Replies::new(replies, &self.options.security),
+        };
         let mut session = DiscoverySession {
-            replies: Replies::new(replies, &self.options.security),
+            replies,
             unverified: Vec::new(),
+            pending: Pending::default(),
             id,
             sent,
             window: options.quiet,
+            gap_window: options.quiet,
+            then_call,
             last_reply: None,
             silent: false,
         };
@@ -696,7 +833,7 @@ impl Client {
                 // at the earliest.
                 Ok(None) => {
                     probe = None;
-                    let quiet = tokio::time::Instant::now() + session.window;
+                    let quiet = tokio::time::Instant::now() + session.ending_window();
                     deadline = deadline.max(quiet).min(hard_deadline);
                     continue;
                 }
@@ -712,7 +849,7 @@ impl Client {
                     if now.saturating_duration_since(deadline) > OVERSLEPT
                         && deadline < hard_deadline
                     {
-                        deadline = (now + session.window).min(hard_deadline);
+                        deadline = (now + session.ending_window()).min(hard_deadline);
                         continue;
                     }
                     match tokio::time::timeout(GRACE, session.next()).await {
@@ -725,7 +862,7 @@ impl Client {
             if nodes.insert(node.clone()) {
                 on_reply(&node, sent.elapsed());
             }
-            deadline = (tokio::time::Instant::now() + session.window).min(hard_deadline);
+            deadline = (tokio::time::Instant::now() + session.ending_window()).min(hard_deadline);
         }
         let discovered = Discovered {
             nodes,
@@ -749,7 +886,8 @@ impl Client {
         on_discovered: impl FnOnce(&Discovered),
         on_reply: impl FnMut(&NodeReply),
     ) -> Result<(Discovered, CallResult), ClientError> {
-        let (mut discovered, session) = self.discover_session(filter, options, |_, _| {}).await?;
+        let (mut discovered, session) =
+            self.discover_session(filter, options, true, |_, _| {}).await?;
         on_discovered(&discovered);
         call.targets = if discovered.networked {
             Targets::Broadcast { expected: discovered.nodes.clone() }
@@ -831,19 +969,59 @@ impl Client {
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
         let direct = matches!(call.targets, Targets::Direct(_));
+        // Discovery replies not yet verified (the session's, once its subscription ended), and
+        // how long the call must be quiet before the outstanding nodes' ones are checked: a
+        // node that answers the call needs no check, one that does not is checked before it
+        // is waited for any longer (a forged discovery reply must not hold the call open).
+        // The first check waits as long as discovery took: by then the fleet has had the time
+        // it needed to answer once.
+        let mut pending = Pending::default();
+        let check_after =
+            late.as_ref().map_or(Duration::ZERO, |session| session.window).max(MIN_CHECK_AFTER);
+        let mut last_heard =
+            Instant::now() + late.as_ref().map_or(Duration::ZERO, |s| s.sent.elapsed());
+        let trust = self.options.security.trust.clone();
+        let mut refuted_all = false;
         loop {
-            let all_in = !expected.is_empty() && outstanding.is_empty();
+            let unchecked = trust.is_some()
+                && (!pending.is_empty() || late.as_ref().is_some_and(|s| !s.pending.is_empty()));
+            if unchecked
+                && last_heard + check_after <= Instant::now()
+                && let Some(trust) = &trust
+            {
+                let nodes: Vec<Identity> = outstanding.iter().cloned().collect();
+                for pending in
+                    late.as_mut().map(|s| &mut s.pending).into_iter().chain([&mut pending])
+                {
+                    let (refuted, refused) = pending.refute(trust, nodes.iter().cloned());
+                    for node in &refuted {
+                        expected.remove(node);
+                        outstanding.remove(node);
+                    }
+                    unverified.extend(refused);
+                }
+                // Every node discovery named was a forgery: nobody is left to wait for.
+                refuted_all |= expected.is_empty();
+                // Checked: wait for the next reply before checking again.
+                last_heard = Instant::now();
+                continue;
+            }
+            let all_in = (!expected.is_empty() || refuted_all) && outstanding.is_empty();
             // Latecomers to discovery may still be arriving: wait out their quiet window too.
             let late_quiet_at = late.as_ref().map(DiscoverySession::quiet_at);
             if all_in && late_quiet_at.is_none_or(|at| at <= Instant::now()) {
                 break;
             }
-            let wake = match (all_in, late_quiet_at) {
+            let mut wake = match (all_in, late_quiet_at) {
                 (true, Some(at)) => tokio::time::Instant::from_std(at).min(deadline),
                 _ => deadline,
             };
+            if unchecked && !outstanding.is_empty() {
+                wake = wake.min(tokio::time::Instant::from_std(last_heard + check_after));
+            }
             tokio::select! {
                 incoming_item = incoming.next() => {
+                    last_heard = Instant::now();
                     let reply = match incoming_item {
                         None => break,
                         // Which subject had nobody: a node's own subject means that node is not
@@ -867,7 +1045,7 @@ impl Client {
                             continue;
                         }
                         Some(Incoming::Reply(reply)) if reply.request_id == id => reply,
-                        Some(Incoming::Reply(_)) => continue,
+                        Some(Incoming::Reply(_) | Incoming::Deferred(..)) => continue,
                     };
                     if !seen.insert(reply.sender.clone()) {
                         // A second answer from the same node is not a second response.
@@ -875,6 +1053,11 @@ impl Client {
                     }
                     let node_reply = NodeReply { reply, elapsed: sent.elapsed() };
                     let sender = node_reply.reply.sender.clone();
+                    // Its verified call reply proves what its discovery reply claimed.
+                    pending.forget(&sender);
+                    if let Some(session) = late.as_mut() {
+                        session.pending.forget(&sender);
+                    }
                     if expected.is_empty() || expected.contains(&sender) {
                         outstanding.remove(&sender);
                         on_reply(&node_reply);
@@ -890,8 +1073,14 @@ impl Client {
                     }
                 }
                 node = next_late(&mut late) => {
+                    last_heard = Instant::now();
                     match node {
                         Some(node) => {
+                            if seen.contains(&node)
+                                && let Some(session) = late.as_mut()
+                            {
+                                session.pending.forget(&node);
+                            }
                             if expected.insert(node.clone()) {
                                 if let Some(at) = held.iter().position(|r| r.reply.sender == node) {
                                     let node_reply = held.remove(at);
@@ -903,7 +1092,12 @@ impl Client {
                             }
                         }
                         // The discovery subscription ended; stop listening to it.
-                        None => late = None,
+                        None => {
+                            if let Some(session) = late.take() {
+                                pending.merge(session.pending);
+                                unverified.extend(session.unverified);
+                            }
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {
@@ -918,6 +1112,16 @@ impl Client {
         if let Some(mut session) = late {
             unverified.append(&mut session.unverified);
             session.replies.unsubscribe().await;
+            pending.merge(session.pending);
+        }
+        // Nodes that did not answer are listed only if their discovery reply verifies.
+        if let Some(trust) = &trust {
+            let silent = expected.iter().filter(|node| !seen.contains(*node)).cloned();
+            let (refuted, refused) = pending.refute(trust, silent.collect::<Vec<_>>().into_iter());
+            for node in &refuted {
+                expected.remove(node);
+            }
+            unverified.extend(refused);
         }
         let ok = replies.iter().filter(|r| r.reply.status == cohort_proto::StatusCode::Ok).count();
         let mut unexpected: Vec<Identity> =

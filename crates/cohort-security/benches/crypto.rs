@@ -26,6 +26,12 @@ fn crypto(c: &mut Criterion) {
     let sealed = one.seal(REPLY);
     let mut group = c.benchmark_group("security");
     group.throughput(Throughput::Elements(1));
+    group.bench_function("raw Ed25519 sign", |b| b.iter(|| one.key().sign(REPLY.as_bytes())));
+    let raw = one.key().sign(REPLY.as_bytes());
+    let public = one.key().public().clone();
+    group.bench_function("raw Ed25519 verify", |b| {
+        b.iter(|| assert!(public.verify(REPLY.as_bytes(), &raw)))
+    });
     group.bench_function("seal (sign) one reply", |b| b.iter(|| one.seal(REPLY)));
     group.bench_function("open (verify) one reply", |b| {
         b.iter(|| open(&sealed, &trust, 10).unwrap())

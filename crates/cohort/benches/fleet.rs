@@ -216,6 +216,18 @@ async fn wait_for(client: &Client, n: usize) {
     }
 }
 
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in milliseconds.
+/// Linux reports it in USER_HZ ticks, which are 1/100 s on every Linux ABI.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -250,8 +262,11 @@ fn main() {
         .unwrap_or_else(|| vec![true]);
     let mut failures = 0;
     let mut p50s: BTreeMap<(u32, &str, String, bool), f64> = BTreeMap::new();
-    println!("| broker | security | nodes | scenario | p50 | p90 | max | runs with exact count |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| broker | security | nodes | scenario | p50 | p90 | max | CPU per run (p50) | runs with exact count |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_p50s: BTreeMap<(u32, &str, String, bool), f64> = BTreeMap::new();
     let mut broker_rss = Vec::new();
     for &secure in &modes {
         let on_off = if secure { "on" } else { "off" };
@@ -274,12 +289,21 @@ fn main() {
                 }
                 for name in SCENARIOS.iter().copied().filter(|s| scenarios.iter().any(|w| w == s)) {
                     let mut times = Vec::new();
+                    let mut cpus = Vec::new();
                     let mut exact = 0;
+                    let broker_pid = broker.pid().to_string();
                     for _ in 0..runs {
-                        match scenario(name, &url, &client, &client_security, n as usize).await {
+                        // Everything the run costs: this process (client and simulated nodes)
+                        // plus the broker process.
+                        let cpu_before = cpu_ms("self") + cpu_ms(&broker_pid);
+                        let outcome =
+                            scenario(name, &url, &client, &client_security, n as usize).await;
+                        let cpu = cpu_ms("self") + cpu_ms(&broker_pid) - cpu_before;
+                        match outcome {
                             Ok(elapsed) => {
                                 exact += 1;
                                 times.push(elapsed);
+                                cpus.push(Duration::from_secs_f64(cpu / 1000.0));
                             }
                             Err(err) => {
                                 failures += 1;
@@ -289,14 +313,17 @@ fn main() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     times.sort();
+                    cpus.sort();
                     if times.is_empty() {
-                        println!("| {kind} | {on_off} | {n} | {name} | - | - | - | 0 / {runs} |");
+                        println!("| {kind} | {on_off} | {n} | {name} | - | - | - | - | 0 / {runs} |");
                         continue;
                     }
                     let p50 = pct(&times, 0.5);
+                    let cpu = pct(&cpus, 0.5);
                     p50s.insert((n, name, kind.clone(), secure), p50);
+                    cpu_p50s.insert((n, name, kind.clone(), secure), cpu);
                     println!(
-                        "| {kind} | {on_off} | {n} | {name} | {p50:.0} ms | {:.0} ms | {:.0} ms | {exact} / {runs} |",
+                        "| {kind} | {on_off} | {n} | {name} | {p50:.0} ms | {:.0} ms | {:.0} ms | {cpu:.0} ms | {exact} / {runs} |",
                         pct(&times, 0.9),
                         times.last().unwrap().as_secs_f64() * 1000.0
                     );
@@ -325,8 +352,12 @@ fn main() {
         }
     }
     if modes.len() == 2 {
-        println!("\n| broker | nodes | scenario | security on / off (p50) |");
-        println!("|---|---|---|---|");
+        // The floor: two cores cannot do more than two CPU-seconds per second, so a run that
+        // needs C of CPU takes at least C / 2, whatever the scheduling.
+        println!(
+            "\n| broker | nodes | scenario | security on / off (p50) | CPU per run off → on | floor of on / off on 2 cores |"
+        );
+        println!("|---|---|---|---|---|---|");
         for kind in &brokers {
             for &n in &sizes {
                 for name in SCENARIOS {
@@ -334,7 +365,14 @@ fn main() {
                         p50s.get(&(n, name, kind.clone(), true)),
                         p50s.get(&(n, name, kind.clone(), false)),
                     ) {
-                        println!("| {kind} | {n} | {name} | {:.2}x |", on / off);
+                        let key = |secure| (n, name, kind.clone(), secure);
+                        let cpu_off = cpu_p50s.get(&key(false)).copied().unwrap_or(0.0);
+                        let cpu_on = cpu_p50s.get(&key(true)).copied().unwrap_or(0.0);
+                        println!(
+                            "| {kind} | {n} | {name} | {:.2}x | {cpu_off:.0} → {cpu_on:.0} ms | {:.2}x |",
+                            on / off,
+                            cpu_on / 2.0 / off
+                        );
                     }
                 }
             }

@@ -194,7 +194,7 @@ pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<Exit
         &settings,
         method,
         |reply| {
-            bar.borrow().inc(1);
+            crate::output::advance(&bar.borrow());
             if args.jsonl {
                 lines.push(node_json(reply).to_string());
             }

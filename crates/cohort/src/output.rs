@@ -92,3 +92,12 @@ pub(crate) fn progress(total: usize, enabled: bool) -> indicatif::ProgressBar {
     }
     bar
 }
+
+/// One more reply: the bar grows when a node that joined discovery late answers (discovery
+/// hands over to the call before the slowest nodes of a large fleet have answered it).
+pub(crate) fn advance(bar: &indicatif::ProgressBar) {
+    bar.inc(1);
+    if bar.length().is_some_and(|length| bar.position() > length) {
+        bar.set_length(bar.position());
+    }
+}

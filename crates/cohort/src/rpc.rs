@@ -266,7 +266,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let err = &mut *io.err;
     let mut write_error = None;
     let mut on_reply = |reply: &NodeReply| {
-        bar.borrow().inc(1);
+        crate::output::advance(&bar.borrow());
         if args.jsonl
             && let Err(e) = writeln!(out, "{}", reply_json(reply, true))
         {

@@ -531,7 +531,9 @@ async fn scenario(kind: BrokerKind) {
     assert!(!matches!(heard, Ok(Some(_))), "alice read bob's replies");
 
     // A compromised node answers in another node's name, and with an unsigned reply: the
-    // client shows both as unverified and merges neither with the genuine replies.
+    // client shows both as unverified and merges neither with the genuine replies. To
+    // discovery it also answers for a node that does not exist: the client checks that reply
+    // before listing the node as not responding, and so lists it nowhere but as unverified.
     let (rogue, _) = fleet.connect("node", NODES[1]).await;
     let mut heard = rogue.subscribe("cohort.broadcast.agent.>").await.unwrap();
     rogue.flush().await.unwrap();
@@ -549,12 +551,16 @@ async fn scenario(kind: BrokerKind) {
             });
             let forged = n2.seal(&reply.to_string());
             rogue.publish(reply_to.clone(), forged.into()).await.unwrap();
+            if request.agent.as_str() == "discovery" {
+                reply["sender"] = json!("phantom.example.net");
+                rogue.publish(reply_to.clone(), n2.seal(&reply.to_string()).into()).await.unwrap();
+            }
             reply["sender"] = json!("ghost.example.net");
             rogue.publish(reply_to, reply.to_string().into()).await.unwrap();
             rogue.flush().await.unwrap();
         }
     });
-    let output = fleet.cli("alice", &["rpc", "rpcutil", "ping", "-j"]);
+    let output = fleet.cli("alice", &["rpc", "rpcutil", "ping", "-j", "--timeout", "120"]);
     impostor.abort();
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -563,7 +569,10 @@ async fn scenario(kind: BrokerKind) {
     assert_eq!(senders.len(), NODES.len(), "{doc}");
     assert!(NODES.iter().all(|n| senders.contains(n)), "{doc}");
     assert_eq!(doc["stats"]["responses"], NODES.len(), "{doc}");
+    assert_eq!(doc["stats"]["discovered"], NODES.len(), "{doc}");
     assert!(doc["stats"]["no_responses"].as_array().unwrap().is_empty(), "{doc}");
+    // Not a timing: the phantom must not hold the call open until its timeout.
+    assert!(doc["stats"]["request_time_ms"].as_f64().unwrap() < 60_000.0, "{doc}");
     let unverified = doc["stats"]["unverified_replies"].as_array().unwrap();
     let reasons: Vec<String> = unverified.iter().map(|u| u.to_string()).collect();
     assert!(
@@ -572,6 +581,10 @@ async fn scenario(kind: BrokerKind) {
     );
     assert!(
         reasons.iter().any(|r| r.contains("ghost.example.net") && r.contains("unsigned reply")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("reply from phantom.example.net is signed by node=")),
         "{reasons:?}"
     );
 
