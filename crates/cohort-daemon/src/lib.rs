@@ -2,7 +2,7 @@
 //! simulator run many times in one process.
 //!
 //! A node receives requests from the bus, and for each one runs the pipeline in [`pipeline`]:
-//! decode → verify → TTL → replay → filter → authorize → agent and action lookup → DDL
+//! decode → filter → verify → TTL → replay → authorize → agent and action lookup → DDL
 //! validation → dispatch (with the DDL timeout) → audit → signed reply. Partial failure is data: an agent that fails, crashes or hangs
 //! produces a reply with a status code, never a daemon failure. [`run`] owns the bus side:
 //! subscriptions, bounded concurrency, registration, reloads and graceful shutdown.

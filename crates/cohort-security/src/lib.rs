@@ -24,4 +24,4 @@ pub use keys::{KeyError, KeyKind, PublicKey, SecretKey};
 pub use policy::{Authorizer, Decision, Groups, Policy, PolicyError, Verdict};
 pub use replay::{ReplayCache, ReplayError};
 pub use roles::{RoleGrants, grants};
-pub use sealed::{OpenError, Opened, Signer, is_sealed, open, open_many, peek};
+pub use sealed::{OpenError, Opened, Signer, Unsealed, is_sealed, open, open_many, peek, unseal};

@@ -164,13 +164,38 @@ struct Staged {
     signature: Option<ed25519_dalek::Signature>,
 }
 
+/// A signed envelope read but not checked: its inner message can be looked at (a node decides
+/// from it whether the message concerns it at all, before paying for a signature check), and
+/// nothing it says is to be trusted until [`Unsealed::verify`] succeeds.
+pub struct Unsealed {
+    sealed: SealedIn,
+}
+
+impl Unsealed {
+    /// The inner message, unverified.
+    pub fn message(&self) -> &str {
+        &self.sealed.message
+    }
+
+    /// Checks the credential and the signature at `now` (Unix seconds), as [`open`] does.
+    pub fn verify(self, trust: &Trust, now: i64) -> Result<Opened, OpenError> {
+        Staged::new(self, trust, now)?.finish(false)
+    }
+}
+
+/// Reads a signed envelope without checking it (see [`Unsealed`]).
+pub fn unseal(bytes: &[u8]) -> Result<Unsealed, OpenError> {
+    let sealed: SealedIn =
+        serde_json::from_slice(bytes).map_err(|err| OpenError::Malformed(err.to_string()))?;
+    if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
+        return Err(OpenError::Protocol { protocol: sealed.protocol, version: sealed.version });
+    }
+    Ok(Unsealed { sealed })
+}
+
 impl Staged {
-    fn new(bytes: &[u8], trust: &Trust, now: i64) -> Result<Staged, OpenError> {
-        let sealed: SealedIn =
-            serde_json::from_slice(bytes).map_err(|err| OpenError::Malformed(err.to_string()))?;
-        if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
-            return Err(OpenError::Protocol { protocol: sealed.protocol, version: sealed.version });
-        }
+    fn new(unsealed: Unsealed, trust: &Trust, now: i64) -> Result<Staged, OpenError> {
+        let sealed = unsealed.sealed;
         let signer = trust.verify(&sealed.credential, now)?;
         let signature = STANDARD
             .decode(&sealed.signature)
@@ -196,7 +221,7 @@ impl Staged {
 
 /// Checks a signed envelope at `now` (Unix seconds) and returns the inner message and signer.
 pub fn open(bytes: &[u8], trust: &Trust, now: i64) -> Result<Opened, OpenError> {
-    Staged::new(bytes, trust, now)?.finish(false)
+    unseal(bytes)?.verify(trust, now)
 }
 
 /// Opens many signed envelopes at once, as [`open`] does each: the signatures whose credentials
@@ -206,7 +231,7 @@ pub fn open(bytes: &[u8], trust: &Trust, now: i64) -> Result<Opened, OpenError> 
 /// single verification accepts, except for non-canonical variants only the key holder can make.)
 pub fn open_many(items: &[&[u8]], trust: &Trust, now: i64) -> Vec<Result<Opened, OpenError>> {
     let staged: Vec<Result<Staged, OpenError>> =
-        items.iter().map(|bytes| Staged::new(bytes, trust, now)).collect();
+        items.iter().map(|bytes| Staged::new(unseal(bytes)?, trust, now)).collect();
     let candidates: Vec<&Staged> =
         staged.iter().filter_map(|s| s.as_ref().ok()).filter(|s| s.signature.is_some()).collect();
     let all_good = candidates.len() > 1 && {

@@ -265,4 +265,52 @@ mod secure {
         assert_eq!(Stats::get(&stats.unverified), 3);
         assert_eq!(Stats::get(&stats.unauthorized), 1);
     }
+
+    /// A request for other nodes is dropped before its signature is checked (only the nodes a
+    /// request is for pay for that), whoever sent it; one for this node is checked whatever
+    /// its filter, so a forgery cannot pass by the filter.
+    #[tokio::test]
+    async fn the_filter_decides_before_the_signature_is_checked() {
+        let issuer = SecretKey::generate(KeyKind::Issuer, [1; 32]);
+        let node = secure_node(&issuer);
+        let alice = member(&issuer, "alice", Role::Client, 2);
+        let now = SystemTime::now();
+        let with_filter = |filter: Filter, id: u8, tamper: bool| {
+            let mut request: Request = serde_json::from_slice(&request(
+                "fake",
+                "echo",
+                r#"{"msg": "hi"}"#,
+                filter,
+                SystemTime::now(),
+            ))
+            .unwrap();
+            request.caller = "client=alice".into();
+            request.id = RequestId::from_random([id; 16]);
+            let sealed = alice.seal(&String::from_utf8(request.to_bytes()).unwrap());
+            if !tamper {
+                return sealed;
+            }
+            // Altered after signing: the signature no longer covers the message.
+            String::from_utf8(sealed).unwrap().replace("hi", "ho").into_bytes()
+        };
+        let elsewhere = Filter {
+            fact: vec![cohort_filter::parse_fact("country=fr").unwrap()],
+            ..Filter::default()
+        };
+        let here = Filter {
+            fact: vec![cohort_filter::parse_fact("country=uk").unwrap()],
+            ..Filter::default()
+        };
+        let forged_elsewhere = with_filter(elsewhere.clone(), 10, true);
+        assert!(matches!(node.handle(&forged_elsewhere, now).await, Handled::Ignored("filtered")));
+        assert_eq!(Stats::get(&node.stats.unverified), 0);
+        let forged_here = with_filter(here.clone(), 11, true);
+        assert!(matches!(node.handle(&forged_here, now).await, Handled::Ignored("unverified")));
+        assert_eq!(Stats::get(&node.stats.unverified), 1);
+        assert_eq!(reply(&node, &with_filter(here, 12, false)).await.status, StatusCode::Ok);
+        let genuine_elsewhere = with_filter(elsewhere, 13, false);
+        assert!(matches!(node.handle(&genuine_elsewhere, now).await, Handled::Ignored("filtered")));
+        assert_eq!(Stats::get(&node.stats.filtered), 2);
+        assert_eq!(Stats::get(&node.stats.passed), 1);
+    }
 }
