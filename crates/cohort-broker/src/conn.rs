@@ -119,6 +119,12 @@ pub(crate) struct Subscription {
     delivered: AtomicU64,
 }
 
+impl crate::index::Keyed for Arc<Subscription> {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Why the connection loop stopped reading.
 enum Stop {
     /// Write what is queued, then close.
@@ -702,8 +708,7 @@ fn write_index(
 /// Removes `sub` from the index if it is still there (auto-unsubscribe may have beaten the
 /// connection to it).
 fn remove_sub(shared: &Shared, sub: &Subscription) {
-    let removed =
-        write_index(shared).remove(&sub.subject, sub.queue.as_deref(), |other| other.id == sub.id);
+    let removed = write_index(shared).remove(&sub.subject, sub.queue.as_deref(), sub.id);
     if removed.is_some() {
         shared.counters.subscriptions.dec();
     }

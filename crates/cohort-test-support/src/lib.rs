@@ -196,6 +196,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// CPU time (user + system) a process has used, in milliseconds, from `/proc/<pid>/stat`
+/// (`pid` may be `self`). Linux counts it in USER_HZ ticks, 1/100 s on every Linux ABI, so
+/// the resolution is 10 ms.
+pub fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
 /// A broker running as its own process for benchmarks: `cohort broker` or nats-server, each
 /// with extra configuration in its own syntax. Killed by PID when dropped.
 pub enum BrokerProcess {

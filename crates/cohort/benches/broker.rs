@@ -6,7 +6,9 @@
 //!   128 bytes; time until every subscriber has every message;
 //! - scatter/gather: one request to 1,000 responders on one subject, all 1,000 replies collected
 //!   on the requester's inbox, 100 times;
-//! - memory: broker RSS growth with 10,000 idle connections, per connection.
+//! - memory: broker RSS growth with 10,000 idle connections, per connection;
+//! - teardown: broker CPU spent when 10,000 subscribers of one subject (an agent's broadcast
+//!   subject in a 10,000-node fleet) disconnect at once.
 //!
 //! Run: `cargo bench -p cohort --bench broker` (`COHORT_BENCH_RUNS=N` repeats, default 3).
 //! Prints a Markdown table for docs/PERFORMANCE.md on stdout. Timings are medians of the runs.
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_test_support::{BrokerProcess, rss_kib};
+use cohort_test_support::{BrokerProcess, cpu_ms, rss_kib};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +32,7 @@ const PAYLOAD: usize = 128;
 const RESPONDERS: usize = 1000;
 const ROUNDS: usize = 100;
 const IDLE: usize = 10_000;
+const TEARDOWN: usize = 10_000;
 
 fn start(kind: &str) -> (BrokerProcess, SocketAddr) {
     let broker = BrokerProcess::start(
@@ -167,6 +170,29 @@ async fn idle_memory(addr: SocketAddr, pid: u32) -> (u64, f64) {
     (after, (after.saturating_sub(before)) as f64 * 1024.0 / IDLE as f64)
 }
 
+/// Broker CPU (ms) from the moment `TEARDOWN` subscribers of one subject all close until the
+/// broker has been idle for half a second.
+async fn teardown(addr: SocketAddr, pid: u32) -> f64 {
+    let mut subscribers = Vec::with_capacity(TEARDOWN);
+    for _ in 0..TEARDOWN {
+        subscribers.push(raw_subscriber(addr, "cohort.broadcast.agent.rpcutil").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = pid.to_string();
+    let before = cpu_ms(&pid);
+    drop(subscribers);
+    let mut last = before;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cpu_ms(&pid);
+        if now == last || Instant::now() > deadline {
+            return now - before;
+        }
+        last = now;
+    }
+}
+
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
     runs[runs.len() / 2]
@@ -192,8 +218,13 @@ fn main() {
         let (server, addr) = start(kind);
         let (rss, per_conn) = runtime.block_on(idle_memory(addr, server.pid()));
         drop(server);
-        eprintln!("{kind}: fan-out {fan:?}, scatter/gather {scatter:?}, idle {per_conn:.0} B/conn");
-        results.push((kind, median(fan), median(scatter), rss, per_conn));
+        let (server, addr) = start(kind);
+        let gone = runtime.block_on(teardown(addr, server.pid()));
+        drop(server);
+        eprintln!(
+            "{kind}: fan-out {fan:?}, scatter/gather {scatter:?}, idle {per_conn:.0} B/conn, teardown {gone:.0} ms CPU"
+        );
+        results.push((kind, median(fan), median(scatter), rss, per_conn, gone));
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -209,12 +240,12 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "| broker | fan-out 1x{SUBSCRIBERS}, {MESSAGES} x {PAYLOAD} B | scatter/gather {RESPONDERS} x {ROUNDS} | RSS with {IDLE} idle conns | per idle conn |"
+        "| broker | fan-out 1x{SUBSCRIBERS}, {MESSAGES} x {PAYLOAD} B | scatter/gather {RESPONDERS} x {ROUNDS} | RSS with {IDLE} idle conns | per idle conn | CPU when {TEARDOWN} subscribers of one subject leave |"
     );
-    println!("|---|---|---|---|---|");
-    for (kind, fan, scatter, rss, per_conn) in &results {
+    println!("|---|---|---|---|---|---|");
+    for (kind, fan, scatter, rss, per_conn, gone) in &results {
         println!(
-            "| {kind} | {:.0} ms | {:.0} ms ({:.1} ms/round) | {:.1} MiB | {:.1} KiB |",
+            "| {kind} | {:.0} ms | {:.0} ms ({:.1} ms/round) | {:.1} MiB | {:.1} KiB | {gone:.0} ms |",
             fan.as_secs_f64() * 1000.0,
             scatter.as_secs_f64() * 1000.0,
             scatter.as_secs_f64() * 1000.0 / ROUNDS as f64,

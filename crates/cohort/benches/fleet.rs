@@ -33,7 +33,7 @@ use cohort_client::{Call, Client, ClientOptions, ClientSecurity, DiscoveryOption
 use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
 use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
-use cohort_test_support::{BrokerProcess, rss_kib};
+use cohort_test_support::{BrokerProcess, cpu_ms, rss_kib};
 
 /// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
 /// to read, more than the default 64 MiB a broker queues for one connection before calling it
@@ -214,18 +214,6 @@ async fn wait_for(client: &Client, n: usize) {
         assert!(Instant::now() < deadline, "only {} of {n} nodes up", found.nodes.len());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in milliseconds.
-/// Linux reports it in USER_HZ ticks, which are 1/100 s on every Linux ABI.
-fn cpu_ms(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    (ticks(11) + ticks(12)) * 10.0
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

@@ -5,6 +5,12 @@ use super::*;
 use cohort_nats_proto::subject::matches;
 use proptest::prelude::*;
 
+impl Keyed for u32 {
+    fn key(&self) -> u64 {
+        u64::from(*self)
+    }
+}
+
 fn sorted(mut ids: Vec<u32>) -> Vec<u32> {
     ids.sort_unstable();
     ids
@@ -35,9 +41,9 @@ fn removal_prunes() {
         index.insert(&format!("_INBOX.abc.{idx}"), None, idx);
     }
     for idx in 0..100 {
-        assert_eq!(index.remove(&format!("_INBOX.abc.{idx}"), None, |v| *v == idx), Some(idx));
+        assert_eq!(index.remove(&format!("_INBOX.abc.{idx}"), None, u64::from(idx)), Some(idx));
     }
-    assert_eq!(index.remove("_INBOX.abc.1", None, |_| true), None);
+    assert_eq!(index.remove("_INBOX.abc.1", None, 1), None);
     assert!(index.root.is_empty(), "{:?}", index.root);
     assert_eq!(index.len(), 0);
 }
@@ -73,7 +79,7 @@ proptest! {
         for pick in removed {
             if live.is_empty() { break; }
             let (id, pattern, queue) = live.remove(pick.index(live.len()));
-            prop_assert_eq!(index.remove(&pattern, queue, |v| *v == id), Some(id));
+            prop_assert_eq!(index.remove(&pattern, queue, u64::from(id)), Some(id));
         }
         prop_assert_eq!(index.len(), live.len());
         for subject in subjects {
@@ -88,5 +94,38 @@ proptest! {
                 .collect();
             prop_assert_eq!(sorted(got), sorted(expect), "subject {}", subject);
         }
+    }
+}
+
+proptest! {
+    /// Many subscriptions on one subject (an agent's broadcast subject in a large fleet), added
+    /// and removed in any order, across the size where removal switches to the key map and back.
+    #[test]
+    fn many_on_one_subject(
+        count in 1usize..200,
+        order in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
+        readd in 0usize..60,
+    ) {
+        let mut index = SubjectIndex::default();
+        let mut live: Vec<u32> = (0..u32::try_from(count).unwrap()).collect();
+        for &id in &live {
+            index.insert("cohort.broadcast.agent.rpcutil", None, id);
+        }
+        let mut next = u32::try_from(count).unwrap();
+        for (step, pick) in order.iter().enumerate() {
+            if live.is_empty() { break; }
+            let id = live.swap_remove(pick.index(live.len()));
+            prop_assert_eq!(index.remove("cohort.broadcast.agent.rpcutil", None, u64::from(id)), Some(id));
+            prop_assert_eq!(index.remove("cohort.broadcast.agent.rpcutil", None, u64::from(id)), None);
+            if step < readd {
+                index.insert("cohort.broadcast.agent.rpcutil", None, next);
+                live.push(next);
+                next += 1;
+            }
+            let found = index.matches("cohort.broadcast.agent.rpcutil");
+            let got: Vec<u32> = found.plain.iter().map(|id| **id).collect();
+            prop_assert_eq!(sorted(got), sorted(live.clone()));
+        }
+        prop_assert_eq!(index.len(), live.len());
     }
 }
