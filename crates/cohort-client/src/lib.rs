@@ -969,13 +969,13 @@ impl Client {
         let deadline = tokio::time::Instant::now() + call.timeout;
         let node_prefix = format!("{}.node.", call.collective);
         let direct = matches!(call.targets, Targets::Direct(_));
-        // Discovery replies not yet verified (the session's, once its subscription ended), and
+        // Discovery replies not yet verified (taken from the session as its nodes arrive), and
         // how long the call must be quiet before the outstanding nodes' ones are checked: a
         // node that answers the call needs no check, one that does not is checked before it
         // is waited for any longer (a forged discovery reply must not hold the call open).
         // The first check waits as long as discovery took: by then the fleet has had the time
         // it needed to answer once.
-        let mut pending = Pending::default();
+        let mut pending = late.as_mut().map(|s| std::mem::take(&mut s.pending)).unwrap_or_default();
         let check_after =
             late.as_ref().map_or(Duration::ZERO, |session| session.window).max(MIN_CHECK_AFTER);
         let mut last_heard =
@@ -983,23 +983,17 @@ impl Client {
         let trust = self.options.security.trust.clone();
         let mut refuted_all = false;
         loop {
-            let unchecked = trust.is_some()
-                && (!pending.is_empty() || late.as_ref().is_some_and(|s| !s.pending.is_empty()));
+            let unchecked = trust.is_some() && !pending.is_empty();
             if unchecked
                 && last_heard + check_after <= Instant::now()
                 && let Some(trust) = &trust
             {
-                let nodes: Vec<Identity> = outstanding.iter().cloned().collect();
-                for pending in
-                    late.as_mut().map(|s| &mut s.pending).into_iter().chain([&mut pending])
-                {
-                    let (refuted, refused) = pending.refute(trust, nodes.iter().cloned());
-                    for node in &refuted {
-                        expected.remove(node);
-                        outstanding.remove(node);
-                    }
-                    unverified.extend(refused);
+                let (refuted, refused) = pending.refute(trust, outstanding.iter().cloned());
+                for node in &refuted {
+                    expected.remove(node);
+                    outstanding.remove(node);
                 }
+                unverified.extend(refused);
                 // Every node discovery named was a forgery: nobody is left to wait for.
                 refuted_all |= expected.is_empty();
                 // Checked: wait for the next reply before checking again.
@@ -1055,9 +1049,6 @@ impl Client {
                     let sender = node_reply.reply.sender.clone();
                     // Its verified call reply proves what its discovery reply claimed.
                     pending.forget(&sender);
-                    if let Some(session) = late.as_mut() {
-                        session.pending.forget(&sender);
-                    }
                     if expected.is_empty() || expected.contains(&sender) {
                         outstanding.remove(&sender);
                         on_reply(&node_reply);
@@ -1076,10 +1067,11 @@ impl Client {
                     last_heard = Instant::now();
                     match node {
                         Some(node) => {
-                            if seen.contains(&node)
-                                && let Some(session) = late.as_mut()
-                            {
-                                session.pending.forget(&node);
+                            if let Some(session) = late.as_mut() {
+                                pending.merge(std::mem::take(&mut session.pending));
+                            }
+                            if seen.contains(&node) {
+                                pending.forget(&node);
                             }
                             if expected.insert(node.clone()) {
                                 if let Some(at) = held.iter().position(|r| r.reply.sender == node) {
@@ -1094,7 +1086,6 @@ impl Client {
                         // The discovery subscription ended; stop listening to it.
                         None => {
                             if let Some(session) = late.take() {
-                                pending.merge(session.pending);
                                 unverified.extend(session.unverified);
                             }
                         }
@@ -1117,7 +1108,7 @@ impl Client {
         // Nodes that did not answer are listed only if their discovery reply verifies.
         if let Some(trust) = &trust {
             let silent = expected.iter().filter(|node| !seen.contains(*node)).cloned();
-            let (refuted, refused) = pending.refute(trust, silent.collect::<Vec<_>>().into_iter());
+            let (refuted, refused) = pending.refute(trust, silent);
             for node in &refuted {
                 expected.remove(node);
             }
