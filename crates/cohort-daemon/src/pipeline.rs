@@ -186,7 +186,7 @@ impl NodeState {
     pub async fn handle(&self, payload: &[u8], now: SystemTime) -> Handled {
         Stats::bump(&self.stats.total);
         let started = Instant::now();
-        let (request, proof) = match self.decode(payload) {
+        let (request, unsealed) = match self.decode(payload) {
             Ok(decoded) => decoded,
             Err(refusal) => {
                 tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
@@ -213,16 +213,22 @@ impl NodeState {
             Stats::bump(&self.stats.filtered);
             return Handled::Ignored("filtered");
         }
-        let verified = match proof {
-            Proof::Pending(unsealed) => {
-                if let Err(refusal) = self.verify(*unsealed, &request, now) {
+        let verified = match &self.security {
+            None => false,
+            Some(security) => {
+                let checked = match unsealed {
+                    Some(unsealed) => self.verify(security, unsealed, &request, now),
+                    // `decode` refuses unsigned requests on a secure node; should that ever
+                    // change, an unsigned request is still never acted on here.
+                    None => Err(self.unverified("unsigned", "unsigned request".to_owned(), None)),
+                };
+                if let Err(refusal) = checked {
                     tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
                     self.refuse(Some(&request), false, &refusal.reason, now);
                     return Handled::Ignored(refusal.kind);
                 }
                 true
             }
-            Proof::Unchecked => false,
         };
         let age_ms = now_ms(now) - request.time;
         let skew_ms = i64::try_from(self.clock_skew.as_millis()).unwrap_or(i64::MAX);
@@ -302,9 +308,10 @@ impl NodeState {
         }))
     }
 
-    /// Decodes a message; on a secure node, also says what must be verified before it is
-    /// acted on. An unsigned request on a secure node needs no check to be refused.
-    fn decode(&self, payload: &[u8]) -> Result<(Request, Proof), Refusal> {
+    /// Decodes a message; on a secure node, also returns its signed envelope, to be verified
+    /// before the request is acted on. An unsigned request on a secure node needs no check to
+    /// be refused.
+    fn decode(&self, payload: &[u8]) -> Result<(Request, Option<Unsealed>), Refusal> {
         let sealed = cohort_security::is_sealed(payload);
         match (&self.security, sealed) {
             (Some(_), true) => {
@@ -316,7 +323,7 @@ impl NodeState {
                     self.unverified("unverified", err.to_string(), claimed)
                 })?;
                 let request = self.parse(unsealed.message().as_bytes())?;
-                Ok((request, Proof::Pending(Box::new(unsealed))))
+                Ok((request, Some(unsealed)))
             }
             (Some(_), false) => {
                 let claimed = Request::from_bytes(payload).ok();
@@ -328,9 +335,9 @@ impl NodeState {
                     Stats::bump(&self.stats.invalid);
                     Refusal { kind: "undecodable", reason: err.to_string(), claimed: None }
                 })?;
-                Ok((self.parse(message.as_bytes())?, Proof::Unchecked))
+                Ok((self.parse(message.as_bytes())?, None))
             }
-            (None, false) => Ok((self.parse(payload)?, Proof::Unchecked)),
+            (None, false) => Ok((self.parse(payload)?, None)),
         }
     }
 
@@ -339,11 +346,11 @@ impl NodeState {
     /// caller is the credential's.
     fn verify(
         &self,
+        security: &NodeSecurity,
         unsealed: Unsealed,
         request: &Request,
         now: SystemTime,
     ) -> Result<(), Refusal> {
-        let Some(security) = &self.security else { return Ok(()) };
         let opened = unsealed
             .verify(&security.trust(), now_ms(now) / 1000)
             .map_err(|err| self.unverified("unverified", err.to_string(), None))?;
@@ -472,14 +479,6 @@ impl NodeState {
         data.extend(outcome.data);
         Outcome { data, ..outcome }
     }
-}
-
-/// What remains to be proven of a decoded request.
-enum Proof {
-    /// Nothing can be: an insecure node (labs) acts on requests unverified.
-    Unchecked,
-    /// A secure node's signed request, checked once it is known to be for this node.
-    Pending(Box<Unsealed>),
 }
 
 /// Why a message was refused, with what it claimed to be (unverified).
