@@ -192,21 +192,9 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
     writeln!(io.out, "   {:>28}: {}", "Collectives", list(data.get("collectives")).join(", "))?;
     writeln!(io.out, "   {:>28}: {}\n", "Main Collective", text(&data["main_collective"]))?;
     writeln!(io.out, "   Agents:")?;
-    for row in list(data.get("agents")).chunks(3) {
-        writeln!(
-            io.out,
-            "      {}",
-            row.iter().map(|a| format!("{a:<24}")).collect::<String>().trim_end()
-        )?;
-    }
+    columns(io.out, &list(data.get("agents")), 3, 24)?;
     writeln!(io.out, "\n   Configuration Management Classes:")?;
-    for row in list(data.get("classes")).chunks(2) {
-        writeln!(
-            io.out,
-            "      {}",
-            row.iter().map(|c| format!("{c:<36}")).collect::<String>().trim_end()
-        )?;
-    }
+    columns(io.out, &list(data.get("classes")), 2, 36)?;
     writeln!(io.out, "\n   Facts:")?;
     let mut flat = Vec::new();
     flatten("", data.get("facts").unwrap_or(&Value::Null), &mut flat);
@@ -217,6 +205,20 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
 }
 
 /// Dotted keys for nested facts, so `os.release.major` reads as the filters address it.
+/// `items` laid out `per_row` to a line, each padded to `width`.
+fn columns(
+    out: &mut dyn std::io::Write,
+    items: &[String],
+    per_row: usize,
+    width: usize,
+) -> std::io::Result<()> {
+    for row in items.chunks(per_row) {
+        let line: String = row.iter().map(|item| format!("{item:<width$}")).collect();
+        writeln!(out, "      {}", line.trim_end())?;
+    }
+    Ok(())
+}
+
 fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
     match value {
         Value::Object(map) => {
