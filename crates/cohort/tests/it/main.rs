@@ -8,6 +8,7 @@ mod collective;
 mod demo;
 mod fleet;
 mod imds;
+mod latecomers;
 mod nagios;
 mod operator;
 mod process;
