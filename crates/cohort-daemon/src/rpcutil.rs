@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use cohort_ddl::AgentDdl;
-use cohort_proto::StatusCode;
+use cohort_proto::{StatusCode, rpcutil};
 use serde_json::{Map, Value, json};
 
 use crate::agent::{ActionRequest, Agent, CallFuture, Context, Outcome};
@@ -50,24 +50,28 @@ impl Agent for Rpcutil {
 }
 
 fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
-    let agent_names: Vec<Value> =
-        ctx.agents.iter().map(|ddl| Value::from(ddl.metadata.name.clone())).collect();
-    let collectives: Vec<Value> = ctx.collectives.iter().map(|c| Value::from(c.as_str())).collect();
+    let agent_names: Vec<String> = ctx.agents.iter().map(|ddl| ddl.metadata.name.clone()).collect();
+    let collectives: Vec<String> = ctx.collectives.iter().map(|c| c.as_str().to_owned()).collect();
     let main = ctx.collectives.first().map(|c| c.as_str().to_owned()).unwrap_or_default();
     let data = match request.action.as_str() {
         "ping" => json!({ "pong": secs(SystemTime::now()) }),
-        "inventory" => json!({
-            "agents": agent_names,
-            "facts": ctx.facts.facts,
-            "classes": ctx.facts.classes,
-            "version": env!("CARGO_PKG_VERSION"),
-            "main_collective": main,
-            "collectives": collectives,
-            "data_plugins": [],
-        }),
+        "inventory" => rpcutil::data(&rpcutil::Inventory {
+            agents: agent_names,
+            facts: ctx.facts.facts.clone(),
+            classes: ctx.facts.classes.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            main_collective: main,
+            collectives,
+            data_plugins: Vec::new(),
+        })
+        .into(),
         "get_fact" => {
             let fact = request.data.get("fact").and_then(Value::as_str).unwrap_or_default();
-            json!({ "fact": fact, "value": fact_value(&ctx.facts.facts, fact) })
+            rpcutil::data(&rpcutil::FactValue {
+                fact: fact.to_owned(),
+                value: fact_value(&ctx.facts.facts, fact),
+            })
+            .into()
         }
         "get_facts" => {
             let names = request.data.get("facts").and_then(Value::as_str).unwrap_or_default();
@@ -81,22 +85,27 @@ fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
         }
         "daemon_stats" => {
             let stats = &ctx.stats;
-            json!({
-                "agents": agent_names,
-                "pid": std::process::id(),
-                "configfile": ctx.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "starttime": secs(ctx.started),
-                "total": Stats::get(&stats.total),
-                "passed": Stats::get(&stats.passed),
-                "filtered": Stats::get(&stats.filtered),
-                "ttlexpired": Stats::get(&stats.ttl_expired),
-                "invalid": Stats::get(&stats.invalid),
-                "replies": Stats::get(&stats.replies),
-                "unverified": Stats::get(&stats.unverified),
-                "replayed": Stats::get(&stats.replayed),
-                "unauthorized": Stats::get(&stats.unauthorized),
+            rpcutil::data(&rpcutil::DaemonStats {
+                agents: agent_names,
+                pid: std::process::id(),
+                configfile: ctx
+                    .config_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                starttime: secs(ctx.started),
+                total: Stats::get(&stats.total),
+                passed: Stats::get(&stats.passed),
+                filtered: Stats::get(&stats.filtered),
+                ttlexpired: Stats::get(&stats.ttl_expired),
+                invalid: Stats::get(&stats.invalid),
+                replies: Stats::get(&stats.replies),
+                unverified: Stats::get(&stats.unverified),
+                replayed: Stats::get(&stats.replayed),
+                unauthorized: Stats::get(&stats.unauthorized),
             })
+            .into()
         }
         "agent_inventory" => {
             let agents: Vec<Value> = ctx
@@ -121,7 +130,9 @@ fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
                 .collect();
             json!({ "agents": agents })
         }
-        "collective_info" => json!({ "main_collective": main, "collectives": collectives }),
+        "collective_info" => {
+            rpcutil::data(&rpcutil::CollectiveInfo { main_collective: main, collectives }).into()
+        }
         "get_config_item" => {
             let item = request.data.get("item").and_then(Value::as_str).unwrap_or_default();
             match ctx.config_items.get(item) {

@@ -168,13 +168,24 @@ pub async fn connect(
         .name(name)
         .retry_on_initial_connect()
         .reconnect_delay_callback(|attempts| {
-            let base = Duration::from_millis(100)
-                .saturating_mul(1 << attempts.min(7))
-                .min(Duration::from_secs(10));
-            base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+            reconnect_delay(attempts, rand::thread_rng().gen_range(0.5..1.5))
         })
         .connect(servers)
         .await
+}
+
+/// How long to wait before connection attempt `attempt` (counted from 1, as async-nats does):
+/// nothing before the first, so a node is on the bus as soon as it starts; then jittered
+/// exponential backoff (`jitter` in 0.5..1.5), from 100 ms up to 10 s, between failed ones.
+pub fn reconnect_delay(attempt: usize, jitter: f64) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let failures = u32::try_from(attempt - 2).unwrap_or(u32::MAX).min(7);
+    Duration::from_millis(100)
+        .saturating_mul(1 << failures)
+        .min(Duration::from_secs(10))
+        .mul_f64(jitter)
 }
 
 async fn subscribe(
@@ -314,5 +325,22 @@ async fn register(client: &async_nats::Client, state: &NodeState) {
         .await
     {
         tracing::warn!("registration not sent: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_attempt_is_immediate_and_failures_back_off() {
+        let ms = Duration::from_millis;
+        assert_eq!(reconnect_delay(0, 1.0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1, 1.4), Duration::ZERO);
+        assert_eq!(reconnect_delay(2, 1.0), ms(100));
+        assert_eq!(reconnect_delay(3, 1.0), ms(200));
+        assert_eq!(reconnect_delay(5, 0.5), ms(400));
+        assert_eq!(reconnect_delay(50, 1.0), ms(10_000));
+        assert_eq!(reconnect_delay(usize::MAX, 1.5), ms(15_000));
     }
 }

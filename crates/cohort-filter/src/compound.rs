@@ -15,9 +15,10 @@
 //! MCollective, but `!=` is understood (MCollective read `a!=b` as fact `a!` equal to `b`).
 //! Errors carry the 1-based column of the offending token.
 
-use cohort_proto::{Expr, FactFilter, FactOp};
+use cohort_proto::{Expr, FactOp};
 
-use crate::{FilterError, regex_body};
+use crate::FilterError;
+use crate::statement::{operator_at, statement};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -81,23 +82,9 @@ impl<'a> Lexer<'a> {
     }
 
     fn operator(&mut self) -> Option<FactOp> {
-        let rest = self.rest();
-        for (text, op) in [
-            ("==", FactOp::Eq),
-            ("!=", FactOp::Ne),
-            ("<=", FactOp::Le),
-            (">=", FactOp::Ge),
-            ("=~", FactOp::Match),
-            ("=", FactOp::Eq),
-            ("<", FactOp::Lt),
-            (">", FactOp::Gt),
-        ] {
-            if rest.starts_with(text) {
-                self.at += text.len();
-                return Some(op);
-            }
-        }
-        None
+        let (len, op) = operator_at(self.rest())?;
+        self.at += len;
+        Some(op)
     }
 
     fn value(&mut self, op_at: usize) -> Result<(String, bool), FilterError> {
@@ -165,21 +152,9 @@ impl<'a> Lexer<'a> {
                         self.skip_space();
                         let op_at = self.at;
                         match self.operator() {
-                            Some(mut op) => {
-                                let (mut value, was_regex) = self.value(op_at)?;
-                                if was_regex && op == FactOp::Eq {
-                                    op = FactOp::Match;
-                                }
-                                if op == FactOp::Match
-                                    && let Some(body) = regex_body(&value)
-                                {
-                                    value = body.to_owned();
-                                }
-                                Token::Statement(Expr::Fact(FactFilter {
-                                    fact: word.to_owned(),
-                                    op,
-                                    value,
-                                }))
+                            Some(op) => {
+                                let (value, was_regex) = self.value(op_at)?;
+                                Token::Statement(Expr::Fact(statement(word, op, &value, was_regex)))
                             }
                             None => {
                                 self.at = before_op;

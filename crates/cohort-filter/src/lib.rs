@@ -11,6 +11,7 @@
 mod compound;
 mod eval;
 mod parse;
+mod statement;
 
 pub use compound::parse_compound;
 pub use eval::{Node, lookup, matches, validate};

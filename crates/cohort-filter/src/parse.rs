@@ -1,7 +1,8 @@
 //! Parsing the simple filter flags: `-F fact=value`, `-W "class fact=value"`, `-C`, `-I`, `-A`.
 
-use cohort_proto::{FactFilter, FactOp, Filter};
+use cohort_proto::{FactFilter, Filter};
 
+use crate::statement::{find_operator, statement};
 use crate::{FilterError, compound, regex_body};
 
 /// The filter flags as typed, in the order given. [`FilterArgs::build`] parses them all.
@@ -80,46 +81,17 @@ pub fn parse_with(input: &str) -> Result<Filter, FilterError> {
     Ok(filter)
 }
 
-/// Operators in the order they must be tried: longer ones first, so `<=` is not read as `<`.
-const OPERATORS: [(&str, FactOp); 9] = [
-    ("=>", FactOp::Ge),
-    ("=<", FactOp::Le),
-    ("<=", FactOp::Le),
-    (">=", FactOp::Ge),
-    ("!=", FactOp::Ne),
-    ("==", FactOp::Eq),
-    ("=~", FactOp::Match),
-    ("<", FactOp::Lt),
-    (">", FactOp::Gt),
-];
-
-/// The first operator in `input` and where it is: `(start, len, op)`.
-pub(crate) fn find_operator(input: &str) -> Option<(usize, usize, FactOp)> {
-    let bytes = input.as_bytes();
-    for (at, _) in input.char_indices() {
-        for (text, op) in OPERATORS {
-            if bytes[at..].starts_with(text.as_bytes()) {
-                return Some((at, text.len(), op));
-            }
-        }
-        if bytes[at] == b'=' {
-            return Some((at, 1, FactOp::Eq));
-        }
-    }
-    None
-}
-
 /// Parses one fact expression: `fact==value`, `fact=value`, `fact!=value`, `fact<value`,
 /// `fact>value`, `fact<=value` (or `=<`), `fact>=value` (or `=>`), `fact=~regex`, or
 /// `fact=/regex/`. Spaces around the operator are allowed.
 pub fn parse_fact(input: &str) -> Result<FactFilter, FilterError> {
     let invalid =
         |reason: &str| FilterError::Fact { input: input.to_owned(), reason: reason.to_owned() };
-    let Some((at, len, mut op)) = find_operator(input) else {
+    let Some((at, len, op)) = find_operator(input) else {
         return Err(invalid("expected fact<op>value with op one of == = != < > <= >= =~"));
     };
     let fact = input[..at].trim();
-    let mut value = input[at + len..].trim().to_owned();
+    let value = input[at + len..].trim();
     if fact.is_empty() {
         return Err(invalid("missing fact name"));
     }
@@ -129,22 +101,13 @@ pub fn parse_fact(input: &str) -> Result<FactFilter, FilterError> {
     if value.is_empty() {
         return Err(invalid("missing value"));
     }
-    if op == FactOp::Eq
-        && let Some(pattern) = regex_body(&value)
-    {
-        op = FactOp::Match;
-        value = pattern.to_owned();
-    } else if op == FactOp::Match
-        && let Some(pattern) = regex_body(&value)
-    {
-        value = pattern.to_owned();
-    }
-    Ok(FactFilter { fact: fact.to_owned(), op, value })
+    Ok(statement(fact, op, value, regex_body(value).is_some()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort_proto::FactOp;
 
     #[track_caller]
     fn check(input: &str, fact: &str, op: FactOp, value: &str) {

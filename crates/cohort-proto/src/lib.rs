@@ -9,6 +9,7 @@
 mod envelope;
 mod filter;
 mod ids;
+pub mod rpcutil;
 mod subjects;
 
 pub use envelope::{

@@ -5,12 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cohort_client::sources::{Inventory, InventoryNode};
-use cohort_client::{Call, CallResult, Discovered, Targets};
-use cohort_proto::{AgentName, Collective, Expr, FactOp, Filter, Identity, StatusCode};
+use cohort_client::{Call, CallResult, Discovered, Selection, Spread, Targets, reply_timeout};
+use cohort_proto::{AgentName, Collective, Expr, FactOp, Filter, Identity, StatusCode, rpcutil};
 use serde_json::{Map, Value, json};
 
 use crate::discovery::Method;
@@ -28,7 +27,7 @@ struct Session {
 impl Session {
     async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
         let settings = common.settings()?;
-        let method = common.discovery.method(filter, &settings.collective)?;
+        let method = common.discovery.method(filter, &settings.config.collective)?;
         let client = settings.connect().await?;
         Ok(Session { settings, method, client })
     }
@@ -40,31 +39,27 @@ impl Session {
         action: &str,
         data: Map<String, Value>,
     ) -> anyhow::Result<(Discovered, CallResult)> {
-        let settings = &self.settings;
-        let mut call = Call {
-            agent: AgentName::new("rpcutil")?,
+        let config = &self.settings.config;
+        let agent = AgentName::new("rpcutil")?;
+        let call = Call {
+            agent: agent.clone(),
             action: action.to_owned(),
             data,
             filter: filter.clone(),
-            collective: settings.collective.clone(),
+            collective: config.collective.clone(),
             targets: Targets::Broadcast { expected: BTreeSet::new() },
-            timeout: settings
-                .timeout
-                .unwrap_or(Duration::from_secs(10) + settings.discovery_timeout),
-            ttl: settings.ttl,
+            timeout: reply_timeout(config.timeout, None, config.discovery_timeout),
+            ttl: config.ttl,
         };
-        Ok(match &self.method {
-            Method::Broadcast => {
-                self.client
-                    .discover_and_call(filter, &settings.discovery(), call, |_| {}, |_| {})
-                    .await?
-            }
-            Method::Fixed(_, nodes) => {
-                call.targets = Targets::Direct(nodes.clone());
-                let result = self.client.call(call, |_| {}).await?;
-                (Discovered::listed(nodes.clone(), Duration::ZERO), result)
-            }
-        })
+        let selection = match &self.method {
+            Method::Broadcast => Selection::Discover(filter.clone(), self.settings.discovery()),
+            Method::Fixed(_, nodes) => Selection::Listed(nodes.clone()),
+        }
+        .for_agent(&agent);
+        let (discovered, result) =
+            self.client.run(selection, Spread::default(), call, |_| {}, |_| {}).await?;
+        crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;
+        Ok((discovered, result))
     }
 }
 
@@ -166,42 +161,53 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
     let (Some(inventory), Some(stats)) = (inventory.replies.first(), stats.replies.first()) else {
         bail!("{node} did not answer");
     };
-    let data = &inventory.reply.data;
-    let stats = &stats.reply.data;
-    let list = |value: Option<&Value>| -> Vec<String> {
-        value.and_then(Value::as_array).map(|a| a.iter().map(text).collect()).unwrap_or_default()
-    };
+    // A node that refuses (its policy denies the caller) answers with a status and no data.
+    let data: rpcutil::Inventory = document(node, &inventory.reply)?;
+    let stats: rpcutil::DaemonStats = document(node, &stats.reply)?;
     writeln!(io.out, "Inventory for {node}:\n")?;
     writeln!(io.out, "   Server Statistics:")?;
-    for (label, key) in [
-        ("Version", "version"),
-        ("Start Time", "starttime"),
-        ("Config File", "configfile"),
-        ("Process ID", "pid"),
-        ("Total Messages", "total"),
-        ("Messages Passed Filters", "passed"),
-        ("Messages Filtered", "filtered"),
-        ("Expired Messages", "ttlexpired"),
-        ("Unverified Messages", "unverified"),
-        ("Replayed Messages", "replayed"),
-        ("Unauthorized Requests", "unauthorized"),
-        ("Replies Sent", "replies"),
+    for (label, value) in [
+        ("Version", stats.version.clone()),
+        ("Start Time", stats.starttime.to_string()),
+        ("Config File", stats.configfile.clone()),
+        ("Process ID", stats.pid.to_string()),
+        ("Total Messages", stats.total.to_string()),
+        ("Messages Passed Filters", stats.passed.to_string()),
+        ("Messages Filtered", stats.filtered.to_string()),
+        ("Expired Messages", stats.ttlexpired.to_string()),
+        ("Unverified Messages", stats.unverified.to_string()),
+        ("Replayed Messages", stats.replayed.to_string()),
+        ("Unauthorized Requests", stats.unauthorized.to_string()),
+        ("Replies Sent", stats.replies.to_string()),
     ] {
-        writeln!(io.out, "   {label:>28}: {}", stats.get(key).map(text).unwrap_or_default())?;
+        writeln!(io.out, "   {label:>28}: {value}")?;
     }
-    writeln!(io.out, "   {:>28}: {}", "Collectives", list(data.get("collectives")).join(", "))?;
-    writeln!(io.out, "   {:>28}: {}\n", "Main Collective", text(&data["main_collective"]))?;
+    writeln!(io.out, "   {:>28}: {}", "Collectives", data.collectives.join(", "))?;
+    writeln!(io.out, "   {:>28}: {}\n", "Main Collective", data.main_collective)?;
     writeln!(io.out, "   Agents:")?;
-    columns(io.out, &list(data.get("agents")), 3, 24)?;
+    columns(io.out, &data.agents, 3, 24)?;
     writeln!(io.out, "\n   Configuration Management Classes:")?;
-    columns(io.out, &list(data.get("classes")), 2, 36)?;
+    columns(io.out, &data.classes, 2, 36)?;
     writeln!(io.out, "\n   Facts:")?;
     let mut flat = Vec::new();
-    flatten("", data.get("facts").unwrap_or(&Value::Null), &mut flat);
+    flatten("", &Value::Object(data.facts), &mut flat);
     for (key, value) in flat {
         writeln!(io.out, "      {key} => {value}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `rpcutil` document in `reply`; an error naming the node when it refused (its policy
+/// denies the caller: a status and no data) or sent something else.
+fn document<T: serde::de::DeserializeOwned>(
+    node: &Identity,
+    reply: &cohort_proto::Reply,
+) -> anyhow::Result<T> {
+    if reply.status != StatusCode::Ok {
+        bail!("{node} refused the {} request: {}", reply.action, reply.status_message);
+    }
+    rpcutil::read(&reply.data)
+        .map_err(|err| anyhow::anyhow!("{node} sent an unreadable {} reply: {err}", reply.action))
 }
 
 /// Dotted keys for nested facts, so `os.release.major` reads as the filters address it.
@@ -241,10 +247,11 @@ async fn list_collectives(
     let (_, result) = session.rpcutil(filter, "collective_info", Map::new()).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for node in &result.replies {
-        for collective in
-            node.reply.data.get("collectives").and_then(Value::as_array).into_iter().flatten()
-        {
-            *counts.entry(text(collective)).or_default() += 1;
+        let Ok(info) = rpcutil::read::<rpcutil::CollectiveInfo>(&node.reply.data) else {
+            continue;
+        };
+        for collective in info.collectives {
+            *counts.entry(collective).or_default() += 1;
         }
     }
     writeln!(io.out, "   {:<30} Nodes", "Collective")?;
@@ -269,25 +276,18 @@ async fn export(
         if node.reply.status != StatusCode::Ok {
             continue;
         }
-        let data = &node.reply.data;
-        let strings = |key: &str| -> Vec<String> {
-            data.get(key)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(text).collect())
-                .unwrap_or_default()
+        let Ok(data) = rpcutil::read::<rpcutil::Inventory>(&node.reply.data) else {
+            writeln!(io.err, "warning: {} sent an unreadable inventory", node.reply.sender)?;
+            continue;
         };
         let collectives =
-            strings("collectives").into_iter().filter_map(|c| Collective::new(c).ok()).collect();
-        let facts = match data.get("facts") {
-            Some(Value::Object(facts)) => facts.clone(),
-            _ => Map::new(),
-        };
+            data.collectives.into_iter().filter_map(|c| Collective::new(c).ok()).collect();
         nodes.push(InventoryNode {
             identity: node.reply.sender.clone(),
             collectives,
-            agents: strings("agents"),
-            classes: strings("classes"),
-            facts,
+            agents: data.agents,
+            classes: data.classes,
+            facts: data.facts,
         });
     }
     nodes.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -412,7 +412,7 @@ enum PluginCommand {
 pub(crate) fn plugin(args: PluginArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let PluginCommand::Doc { agent, config } = args.command;
     let settings = CommonFlags::from_config(config).settings()?;
-    let dir = settings.agents_dir.as_deref();
+    let dir = settings.config.agents_dir.as_deref();
     let Some(name) = agent else {
         let mut names: BTreeSet<String> =
             cohort_ddl::builtin::all().iter().map(|ddl| ddl.metadata.name.clone()).collect();

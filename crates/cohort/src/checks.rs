@@ -81,6 +81,7 @@ fn state_of(reply: &cohort_proto::Reply) -> (State, String) {
 
 struct Ran {
     tally: Tally,
+    discovered: cohort_client::Discovered,
     replies: Vec<cohort_client::NodeReply>,
     stats: cohort_client::CallStats,
 }
@@ -92,47 +93,35 @@ async fn run_check(
     mut on_reply: impl FnMut(&cohort_client::NodeReply),
     mut on_discovered: impl FnMut(usize),
 ) -> anyhow::Result<Ran> {
-    let mut filter = flags.filter.build()?;
-    // Only nodes that can run the check count; others are not "no response". Literal `-I`
-    // names and node lists are taken as they are: those nodes are expected, agent or not.
-    if cohort_client::literal_identities(&filter).is_none() && matches!(method, Method::Broadcast) {
-        filter.agent.push("nrpe".to_owned());
-    }
+    let filter = flags.filter.build()?;
     let started = Instant::now();
     let client = settings.connect().await?;
+    let agent = AgentName::new("nrpe")?;
     let mut data = serde_json::Map::new();
     data.insert("command".into(), Value::from(flags.check.clone()));
-    let mut call = cohort_client::Call {
-        agent: AgentName::new("nrpe")?,
+    let call = cohort_client::Call {
+        agent: agent.clone(),
         action: "runcommand".to_owned(),
         data,
         filter: filter.clone(),
-        collective: settings.collective.clone(),
+        collective: settings.config.collective.clone(),
         targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
-        timeout: settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
-        ttl: settings.ttl,
+        timeout: settings.config.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
+        ttl: settings.config.ttl,
     };
+    // Only nodes that can run the check count; others are not "no response". Literal `-I`
+    // names and node lists are taken as they are: those nodes are expected, agent or not.
+    let selection = method.selection(&filter, settings.discovery()).for_agent(&agent);
     // With nothing discovered nothing is sent, and the result is empty with zero counts.
-    let result = match method {
-        Method::Broadcast => {
-            client
-                .discover_and_call(
-                    &filter,
-                    &settings.discovery(),
-                    call,
-                    |found| on_discovered(found.nodes.len()),
-                    |reply| on_reply(reply),
-                )
-                .await?
-                .1
-        }
-        Method::Fixed(_, nodes) if nodes.is_empty() => cohort_client::CallResult::empty(),
-        Method::Fixed(_, nodes) => {
-            on_discovered(nodes.len());
-            call.targets = Targets::Direct(nodes);
-            client.call(call, |reply| on_reply(reply)).await?
-        }
-    };
+    let (discovered, result) = client
+        .run(
+            selection,
+            cohort_client::Spread::default(),
+            call,
+            |found| on_discovered(found.nodes.len()),
+            |reply| on_reply(reply),
+        )
+        .await?;
     let (replies, stats) = (result.replies, result.stats);
     let results = replies
         .iter()
@@ -147,7 +136,7 @@ async fn run_check(
         no_response: stats.no_responses.iter().map(ToString::to_string).collect(),
         elapsed: started.elapsed(),
     };
-    Ok(Ran { tally, replies, stats })
+    Ok(Ran { tally, discovered, replies, stats })
 }
 
 fn write_textfile(path: &std::path::Path, tally: &Tally) -> anyhow::Result<()> {
@@ -184,8 +173,11 @@ fn node_json(reply: &cohort_client::NodeReply) -> Value {
 
 pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let settings = args.flags.common.settings()?;
-    let method =
-        args.flags.common.discovery.method(&args.flags.filter.build()?, &settings.collective)?;
+    let method = args
+        .flags
+        .common
+        .discovery
+        .method(&args.flags.filter.build()?, &settings.config.collective)?;
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
     let show_bar = io.err_tty && !args.no_progress && !args.json && !args.jsonl;
     let mut lines = Vec::new();
@@ -203,6 +195,7 @@ pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<Exit
     )
     .await?;
     bar.borrow().finish_and_clear();
+    crate::output::discovery_notes(io.err, &ran.discovered)?;
     let tally = &ran.tally;
     let counts = tally.counts(State::Unknown);
     let state = worst(
@@ -302,12 +295,12 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         Err(err) => return unknown(format!("cannot start: {err}")),
     };
     // Everything, connecting included, must end before Nagios' own timeout would fire.
-    let budget = settings.connect_timeout
-        + settings.discovery_timeout
-        + settings.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
+    let budget = settings.config.connect_timeout
+        + settings.config.discovery_timeout
+        + settings.config.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
         + Duration::from_secs(2);
     let method = match args.flags.filter.build().and_then(|filter| {
-        args.flags.common.discovery.method_without_stdin(&filter, &settings.collective)
+        args.flags.common.discovery.method_without_stdin(&filter, &settings.config.collective)
     }) {
         Ok(method) => method,
         Err(err) => return unknown(format!("{err:#}")),

@@ -45,13 +45,16 @@ struct TourCommand {
 async fn tour_step(
     io: &mut Io<'_>,
     config: &str,
+    broker: &str,
     shown: &str,
     argv: &[&str],
 ) -> anyhow::Result<()> {
     writeln!(io.out, "$ {shown}")?;
+    // The tour is self-contained: its own config and broker whatever COHORT_BROKER or
+    // COHORT_CONFIG say, and never standard input.
     let mut full = vec!["cohort"];
     full.extend_from_slice(argv);
-    full.extend_from_slice(&["-c", config]);
+    full.extend_from_slice(&["-c", config, "--broker", broker, "--dm", "broadcast"]);
     let parsed =
         TourCommand::try_parse_from(&full).with_context(|| format!("demo step {shown:?}"))?;
     run_client(parsed.command, io).await?;
@@ -92,11 +95,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let result = Io::with_std(|io| {
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(async {
-                    tour_step(io, config, "cohort ping", &["ping"]).await?;
-                    tour_step(io, config, "cohort find -F country=uk", &["find", "-F", "country=uk"]).await?;
+                    tour_step(io, config, &url, "cohort ping", &["ping"]).await?;
+                    tour_step(io, config, &url, "cohort find -F country=uk", &["find", "-F", "country=uk"]).await?;
                     tour_step(
                         io,
                         config,
+                        &url,
                         "cohort find -S 'role::db and (country=uk or country=de) and puppet_enabled=1'",
                         &["find", "-S", "role::db and (country=uk or country=de) and puppet_enabled=1"],
                     )
@@ -104,6 +108,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     tour_step(
                         io,
                         config,
+                        &url,
                         "cohort rpc rpcutil get_fact fact=os.name -C role::web",
                         &["rpc", "rpcutil", "get_fact", "fact=os.name", "-C", "role::web", "--np"],
                     )
@@ -130,6 +135,45 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 const SEED: u64 = 42;
+
+/// Options of `cohort simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SimulateArgs {
+    /// The broker the nodes connect to.
+    #[arg(long, value_name = "URL")]
+    broker: String,
+    /// Number of simulated nodes.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    nodes: u32,
+    /// Seed of the nodes' names and facts (the demo's fleet with the default).
+    #[arg(long, default_value_t = SEED)]
+    seed: u64,
+}
+
+/// `cohort simulate`: the demo's fleet without security, on a broker started elsewhere, so a
+/// test can stop the fleet's process (SIGSTOP) without stopping the broker or the client.
+/// Says `ready` on stderr once every node is connected; stops on SIGTERM or Ctrl-C.
+pub(crate) fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let fleet = Fleet::start(&args.broker, args.nodes, args.seed, None)
+            .await
+            .with_context(|| format!("cannot connect the simulated nodes to {}", args.broker))?;
+        eprintln!("ready: {} simulated nodes on {}", args.nodes, args.broker);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot watch for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        fleet.stop().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
 
 /// The demo's throwaway security material.
 struct Secure {
@@ -199,12 +243,14 @@ impl Secure {
         let quoted = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
         let text = format!(
             "# Written by `cohort demo` for its throwaway fleet.\n\
-             brokers = [{}]\nkey = {}\ncredential = {}\nissuers = [{}]\ntls_ca = {}\n",
+             brokers = [{}]\nkey = {}\ncredential = {}\nissuers = [{}]\ntls_ca = {}\n\
+             discovery_history = {}\n",
             serde_json::to_string(url).unwrap_or_default(),
             quoted(&self.client_key),
             quoted(&self.client_credential),
             quoted(&self.keys.issuer_public_path()),
             quoted(&self.ca),
+            quoted(&self.dir.join("discovery.json")),
         );
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
@@ -213,14 +259,12 @@ impl Secure {
 
 /// Waits until discovery sees the whole fleet (every node has subscribed).
 async fn wait_for_fleet(config: &Path, count: u32) -> anyhow::Result<()> {
-    let flags = crate::options::CommonFlags::from_config(Some(config.to_owned()));
-    let settings = flags.settings()?;
+    let settings = crate::options::Settings::from_file(config)?;
     let client = settings.connect().await?;
     let discovery = cohort_client::DiscoveryOptions {
-        collective: Collective::new("cohort")?,
-        timeout: Duration::from_secs(5),
-        quiet: Duration::from_millis(300),
-        ttl: 60,
+        expect: Some(count as usize),
+        window: Duration::from_millis(300),
+        ..cohort_client::DiscoveryOptions::new(Collective::new("cohort")?, Duration::from_secs(5))
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -18,7 +18,7 @@ pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
     if let crate::discovery::Method::Fixed(name, nodes) =
-        args.common.discovery.method(&filter, &settings.collective)?
+        args.common.discovery.method(&filter, &settings.config.collective)?
     {
         for node in &nodes {
             writeln!(io.out, "{node}")?;
@@ -36,6 +36,7 @@ pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     if !discovered.unverified.is_empty() {
         write!(io.err, "{}", unverified_lines(&discovered.unverified))?;
     }
+    crate::output::discovery_notes(io.err, &discovered)?;
     if settings.verbose {
         writeln!(
             io.err,

@@ -46,6 +46,10 @@ enum Command {
     Nagios(checks::NagiosArgs),
     /// Start a broker and a simulated fleet in this process and tour the commands.
     Demo(demo::DemoArgs),
+    /// Run a simulated fleet of insecure lab nodes on an existing broker until stopped, for
+    /// stress tests and benchmarks.
+    #[command(hide = true)]
+    Simulate(demo::SimulateArgs),
     /// First-boot setup of a cloud instance from user data and metadata.
     Boot(boot::BootArgs),
     /// Manage the organisation issuer, credentials, revocations and broker TLS.
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
         Command::Nrpe(args) => client_runtime(ClientCommand::Nrpe(args)),
         Command::Nagios(args) => Ok(checks::nagios(args)),
         Command::Demo(args) => demo::run(args),
+        Command::Simulate(args) => demo::simulate(args),
         Command::Boot(args) => boot::run(args),
         Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
         Command::Facts(args) => client_runtime(ClientCommand::Facts(args)),

@@ -1,19 +1,12 @@
-//! Options shared by the client commands (`ping`, `find`, `rpc`) and the client configuration
-//! they resolve against: flags > `COHORT_*` environment > config file > defaults.
-//!
-//! Config file: `-c FILE`, else `$COHORT_CONFIG`, else `~/.config/cohort/client.toml`, else
-//! `/etc/cohort/client.toml` (the first that exists). Keys: `brokers`, `collective`,
-//! `discovery_timeout`, `discovery_quiet`, `timeout`, `ttl`, `agents_dir`, `connect_timeout`,
-//! and the security keys `key`, `credential`, `issuers`, `revocations`, `tls_ca` (relative
-//! paths are relative to the config file). Unknown keys are an error.
+//! Options shared by the client commands (`ping`, `find`, `rpc`, ...), handed to the client
+//! library's configuration resolution (`cohort_client::config`: flags > `COHORT_*`
+//! environment > config file > defaults).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::Context;
+use cohort_client::config::{ClientConfig, Overrides};
 use cohort_filter::FilterArgs;
 use cohort_proto::Collective;
-use serde::Deserialize;
 
 /// Host filters, as in `mco`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -117,6 +110,10 @@ pub(crate) struct CommonFlags {
         help_heading = "Common Options"
     )]
     discovery_timeout: Option<f64>,
+    /// Shortest silence, in seconds, that ends discovery once as many nodes answered as the
+    /// last complete discovery found [default: 0.05].
+    #[arg(long = "discovery-window", value_name = "SECONDS", help_heading = "Common Options")]
+    discovery_window: Option<f64>,
     /// How long to wait for replies, in seconds [default: the action's DDL timeout].
     #[arg(short = 't', long = "timeout", value_name = "SECONDS", help_heading = "Common Options")]
     timeout: Option<f64>,
@@ -130,80 +127,12 @@ pub(crate) struct CommonFlags {
     pub(crate) discovery: crate::discovery::DiscoveryFlags,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct ClientFile {
-    brokers: Vec<String>,
-    collective: Option<Collective>,
-    discovery_timeout: Option<f64>,
-    discovery_quiet: Option<f64>,
-    timeout: Option<f64>,
-    ttl: Option<u32>,
-    agents_dir: Option<PathBuf>,
-    connect_timeout: Option<f64>,
-    key: Option<PathBuf>,
-    credential: Option<PathBuf>,
-    issuers: Vec<String>,
-    revocations: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-}
-
-/// Resolved client settings.
+/// Resolved client settings: the configuration (`cohort_client::config`) plus what only
+/// this binary's output needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) brokers: Vec<String>,
-    pub(crate) collective: Collective,
-    pub(crate) discovery_timeout: Duration,
-    pub(crate) discovery_quiet: Duration,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) ttl: u32,
-    pub(crate) agents_dir: Option<PathBuf>,
-    pub(crate) connect_timeout: Duration,
+    pub(crate) config: ClientConfig,
     pub(crate) verbose: bool,
-    pub(crate) security: cohort_client::ClientSecurity,
-}
-
-fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("{name} must be a positive number of seconds, not {value}"))
-}
-
-fn read_file(path: &Path) -> anyhow::Result<ClientFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut file: ClientFile = toml::from_str(&text)
-        .with_context(|| format!("invalid client config {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for entry in [&mut file.key, &mut file.credential, &mut file.revocations, &mut file.tls_ca] {
-        if let Some(relative) = entry.as_mut().filter(|p| p.is_relative()) {
-            *relative = base.join(&*relative);
-        }
-    }
-    for issuer in &mut file.issuers {
-        if issuer.contains('/') && Path::new(issuer.as_str()).is_relative() {
-            *issuer = base.join(issuer.as_str()).display().to_string();
-        }
-    }
-    Ok(file)
-}
-
-/// Signing and verification settings from the client file. Errors name the file at fault.
-fn client_security(file: &ClientFile) -> anyhow::Result<cohort_client::ClientSecurity> {
-    let signer = match (&file.key, &file.credential) {
-        (Some(key), Some(credential)) => Some(cohort_keystore::read_signer(key, credential)?),
-        (None, None) => None,
-        _ => anyhow::bail!("the client config needs both `key` and `credential`, or neither"),
-    };
-    let trust = if file.issuers.is_empty() {
-        None
-    } else {
-        let trust = cohort_keystore::read_trust(&file.issuers, file.revocations.as_deref())
-            .context("cannot load the trusted issuers")?;
-        Some(std::sync::Arc::new(trust))
-    };
-    Ok(cohort_client::ClientSecurity { signer, trust, tls_ca: file.tls_ca.clone() })
 }
 
 impl CommonFlags {
@@ -213,72 +142,29 @@ impl CommonFlags {
         CommonFlags { config, ..CommonFlags::default() }
     }
 
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            brokers: self.broker.clone(),
+            collective: self.target.clone(),
+            discovery_timeout: self.discovery_timeout,
+            discovery_window: self.discovery_window,
+            timeout: self.timeout,
+            ttl: self.ttl,
+        }
+    }
+
     pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => {
-                let env = std::env::var_os("COHORT_CONFIG").map(PathBuf::from);
-                if let Some(path) = &env
-                    && !path.is_file()
-                {
-                    anyhow::bail!("COHORT_CONFIG names {}, which is not a file", path.display());
-                }
-                let home = std::env::var_os("HOME")
-                    .map(|home| PathBuf::from(home).join(".config/cohort/client.toml"));
-                let candidates =
-                    env.into_iter().chain(home).chain([PathBuf::from("/etc/cohort/client.toml")]);
-                match candidates.into_iter().find(|path| path.is_file()) {
-                    Some(path) => read_file(&path)?,
-                    None => ClientFile::default(),
-                }
-            }
-        };
-        let security = client_security(&file)?;
-        let env_brokers: Vec<String> = std::env::var("COHORT_BROKER")
-            .ok()
-            .map(|value| {
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let brokers = if !self.broker.is_empty() {
-            self.broker.clone()
-        } else if !env_brokers.is_empty() {
-            env_brokers
-        } else if !file.brokers.is_empty() {
-            file.brokers
-        } else {
-            vec!["nats://127.0.0.1:4222".to_owned()]
-        };
-        let collective = match (&self.target, file.collective) {
-            (Some(target), _) => target.clone(),
-            (None, Some(collective)) => collective,
-            (None, None) => Collective::new("cohort")?,
-        };
-        let discovery_timeout =
-            seconds("--dt", self.discovery_timeout.or(file.discovery_timeout).unwrap_or(2.0))?;
-        let discovery_quiet = seconds("discovery_quiet", file.discovery_quiet.unwrap_or(0.05))?;
-        let timeout = self.timeout.or(file.timeout).map(|t| seconds("--timeout", t)).transpose()?;
-        Ok(Settings {
-            brokers,
-            collective,
-            discovery_timeout,
-            discovery_quiet,
-            timeout,
-            ttl: self.ttl.or(file.ttl).unwrap_or(60),
-            agents_dir: file.agents_dir,
-            connect_timeout: seconds("connect_timeout", file.connect_timeout.unwrap_or(5.0))?,
-            verbose: self.verbose,
-            security,
-        })
+        Ok(Settings { config: ClientConfig::resolve(&self.overrides())?, verbose: self.verbose })
     }
 }
 
 impl Settings {
+    /// Settings from `path` alone, ignoring `COHORT_BROKER` and `COHORT_CONFIG` (the demo).
+    pub(crate) fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        Ok(Settings { config: ClientConfig::from_file(path)?, verbose: false })
+    }
+
     pub(crate) async fn connect(&self) -> anyhow::Result<cohort_client::Client> {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -290,28 +176,14 @@ impl Settings {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".to_owned());
-        if self.security.signer.is_none() {
-            eprintln!(
-                "warning: no credential configured (key and credential in the client config): \
-                 requests are unsigned, and only insecure (lab) nodes will answer them"
-            );
+        let (options, warnings) = self.config.client_options(format!("user={user}"), sender);
+        for warning in warnings {
+            eprintln!("warning: {warning}");
         }
-        let options = cohort_client::ClientOptions {
-            brokers: self.brokers.clone(),
-            caller: format!("user={user}"),
-            sender,
-            connect_timeout: self.connect_timeout,
-            security: self.security.clone(),
-        };
         Ok(cohort_client::Client::connect(options).await?)
     }
 
     pub(crate) fn discovery(&self) -> cohort_client::DiscoveryOptions {
-        cohort_client::DiscoveryOptions {
-            collective: self.collective.clone(),
-            timeout: self.discovery_timeout,
-            quiet: self.discovery_quiet.min(self.discovery_timeout),
-            ttl: self.ttl,
-        }
+        self.config.discovery()
     }
 }

@@ -72,6 +72,21 @@ pub(crate) fn name_grid(title: &str, names: &[Identity]) -> String {
     text
 }
 
+/// What the operator must know about a discovery, on stderr: that it came up short of the
+/// count the last complete one found, and that its count could not be recorded.
+pub(crate) fn discovery_notes(
+    err: &mut dyn Write,
+    discovered: &cohort_client::Discovered,
+) -> std::io::Result<()> {
+    if let Some(shortfall) = &discovered.shortfall {
+        writeln!(err, "warning: {shortfall}")?;
+    }
+    if let Some(error) = &discovered.history_error {
+        writeln!(err, "warning: cannot record the discovery count: {error}")?;
+    }
+    Ok(())
+}
+
 pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }

@@ -51,13 +51,13 @@ pub(crate) fn sparkline(times: &[Duration], buckets: usize) -> String {
 pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
-    let method = args.common.discovery.method(&filter, &settings.collective)?;
+    let method = args.common.discovery.method(&filter, &settings.config.collective)?;
     let client = settings.connect().await?;
     let mut options = settings.discovery();
-    // Ping waits for the slowest node up to -t (default 5 s) plus --dt, not only the discovery
-    // timeout, and ends once replies stop.
-    options.timeout =
-        settings.timeout.unwrap_or(Duration::from_secs(5)) + settings.discovery_timeout;
+    // Ping waits for slow nodes up to -t (default 5 s) plus --dt while they are still
+    // answering, not only the discovery timeout.
+    options.limit = settings.config.timeout.unwrap_or(Duration::from_secs(5))
+        + settings.config.discovery_timeout;
     // Literal identities still need the network here: ping measures the round trip.
     let mut filter_for_network = filter.clone();
     let listed = match method {
@@ -88,6 +88,7 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     if !discovered.unverified.is_empty() {
         write!(io.out, "\n{}", unverified_lines(&discovered.unverified))?;
     }
+    crate::output::discovery_notes(io.err, &discovered)?;
     writeln!(io.out, "\n\n---- ping statistics ----")?;
     if times.is_empty() {
         writeln!(io.out, "No responses received")?;

@@ -16,9 +16,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cohort_client::{Call, CallResult, Discovered, NodeReply, Targets};
+use cohort_client::{
+    Call, CallResult, Count, Discovered, NodeReply, Pick, Selection, Spread, Targets, reply_timeout,
+};
 use cohort_ddl::{ActionDdl, AgentDdl, Display, Summary};
-use cohort_proto::{AgentName, Identity, StatusCode};
+use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::discovery;
@@ -43,8 +45,8 @@ pub(crate) struct RpcArgs {
     #[arg(short = 'j', long = "json", help_heading = "RPC Options")]
     json: bool,
     /// Which replies to print: ok, all or failed [default: the action's DDL display policy].
-    #[arg(long = "display", value_name = "MODE", value_parser = ["ok", "all", "failed"], conflicts_with_all = ["json", "jsonl"], help_heading = "RPC Options")]
-    display: Option<String>,
+    #[arg(long = "display", value_name = "MODE", value_enum, conflicts_with_all = ["json", "jsonl"], help_heading = "RPC Options")]
+    display: Option<DisplayMode>,
     /// No progress bar.
     #[arg(long = "np", visible_alias = "no-progress", help_heading = "RPC Options")]
     no_progress: bool,
@@ -55,7 +57,7 @@ pub(crate) struct RpcArgs {
     #[arg(long = "sort", conflicts_with = "jsonl", help_heading = "RPC Options")]
     sort: bool,
     /// Send to N nodes (or N% of them) at a time, each batch waiting for its replies.
-    #[arg(long = "batch", value_name = "N|N%", value_parser = parse_count, help_heading = "RPC Options")]
+    #[arg(long = "batch", value_name = "N|N%", help_heading = "RPC Options")]
     batch: Option<Count>,
     /// Seconds to wait between batches.
     #[arg(
@@ -67,14 +69,19 @@ pub(crate) struct RpcArgs {
     )]
     batch_sleep: f64,
     /// Act on only N of the discovered nodes (or N%).
-    #[arg(long = "limit-nodes", visible_alias = "ln", value_name = "N|N%", value_parser = parse_count, help_heading = "RPC Options")]
+    #[arg(
+        long = "limit-nodes",
+        visible_alias = "ln",
+        value_name = "N|N%",
+        help_heading = "RPC Options"
+    )]
     limit: Option<Count>,
     /// Act on one discovered node (--limit-nodes 1).
     #[arg(short = '1', long = "one", conflicts_with = "limit", help_heading = "RPC Options")]
     one: bool,
     /// How --limit-nodes picks: first (in identity order) or random [default: random].
-    #[arg(long = "limit-method", value_name = "METHOD", value_parser = ["first", "random"], help_heading = "RPC Options")]
-    limit_method: Option<String>,
+    #[arg(long = "limit-method", value_name = "METHOD", value_enum, help_heading = "RPC Options")]
+    limit_method: Option<LimitMethod>,
     /// Seed for --limit-method random: the same seed picks the same nodes.
     #[arg(long = "limit-seed", value_name = "N", help_heading = "RPC Options")]
     limit_seed: Option<u64>,
@@ -87,62 +94,24 @@ pub(crate) struct RpcArgs {
     reply_to: Option<String>,
 }
 
-/// A count of nodes, absolute or a percentage of those discovered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Count {
-    /// Exactly this many.
-    Nodes(usize),
-    /// This percentage, rounded up, at least one.
-    Percent(u8),
+/// How `--limit-nodes` picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LimitMethod {
+    /// The first, in identity order.
+    First,
+    /// A random choice (`--limit-seed` repeats it).
+    Random,
 }
 
-impl Count {
-    fn of(self, total: usize) -> usize {
-        match self {
-            Count::Nodes(n) => n,
-            Count::Percent(p) => (total * usize::from(p)).div_ceil(100).max(1),
-        }
-    }
-}
-
-fn parse_count(text: &str) -> Result<Count, String> {
-    let bad = || format!("{text:?} is not a positive number of nodes or a percentage (N or N%)");
-    match text.strip_suffix('%') {
-        Some(percent) => match percent.parse::<u8>() {
-            Ok(p) if (1..=100).contains(&p) => Ok(Count::Percent(p)),
-            _ => Err(bad()),
-        },
-        None => match text.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Count::Nodes(n)),
-            _ => Err(bad()),
-        },
-    }
-}
-
-/// Picks `count` of `nodes`: the first in identity order, or a random choice that the same
-/// seed repeats.
-fn limit(
-    nodes: BTreeSet<Identity>,
-    count: Count,
-    random: bool,
-    seed: Option<u64>,
-) -> BTreeSet<Identity> {
-    let keep = count.of(nodes.len());
-    if keep >= nodes.len() {
-        return nodes;
-    }
-    if !random {
-        return nodes.into_iter().take(keep).collect();
-    }
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    let mut rng = match seed {
-        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
-        None => rand::rngs::StdRng::from_entropy(),
-    };
-    let mut all: Vec<Identity> = nodes.into_iter().collect();
-    all.shuffle(&mut rng);
-    all.into_iter().take(keep).collect()
+/// Which replies `--display` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DisplayMode {
+    /// Only successful replies.
+    Ok,
+    /// Every reply.
+    All,
+    /// Only failed replies.
+    Failed,
 }
 
 /// Finds the DDL of `agent`: built in, or `<agents_dir>/<agent>/<agent>.json`.
@@ -199,7 +168,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let agent = AgentName::new(args.agent.as_str())?;
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
-    let ddl = find_ddl(agent.as_str(), settings.agents_dir.as_deref())?;
+    let ddl = find_ddl(agent.as_str(), settings.config.agents_dir.as_deref())?;
     let action = match &ddl {
         Some(ddl) => Some(ddl.action(&args.action).with_context(|| {
             format!(
@@ -217,39 +186,56 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     };
     let data = parse_inputs(&args.inputs, action)?;
 
-    let method = args.common.discovery.method(&filter, &settings.collective)?;
+    let method = args.common.discovery.method(&filter, &settings.config.collective)?;
     let client = settings.connect().await?;
-    let ddl_timeout = ddl
-        .as_ref()
-        .map_or(Duration::from_secs(10), |ddl| Duration::from_secs_f64(ddl.metadata.timeout));
-    let timeout = settings.timeout.unwrap_or(ddl_timeout + settings.discovery_timeout);
-    // Literal identities go to each node's own subject. Discovered nodes get one broadcast
-    // carrying the filter, even when few, and nodes that answer discovery late are still
-    // awaited (cohort_client::Client::discover_and_call): where MCollective's direct addressing
-    // of small sets would have silently left a slow node out.
-    let mut call = Call {
+    let ddl_timeout = ddl.as_ref().map(|ddl| Duration::from_secs_f64(ddl.metadata.timeout));
+    let timeout =
+        reply_timeout(settings.config.timeout, ddl_timeout, settings.config.discovery_timeout);
+    // Discovered nodes get one broadcast carrying the filter, even when few, and nodes that
+    // answer discovery late are still awaited (cohort_client::Client::discover_and_call):
+    // where MCollective's direct addressing of small sets would have silently left a slow node
+    // out. Only nodes that have the agent are discovered.
+    let method_name = match &method {
+        discovery::Method::Fixed(name, _) => *name,
+        discovery::Method::Broadcast => "broadcast",
+    };
+    let selection = method.selection(&filter, settings.discovery()).for_agent(&agent);
+    let call = Call {
         agent: agent.clone(),
         action: args.action.clone(),
         data,
         filter: filter.clone(),
-        collective: settings.collective.clone(),
+        collective: settings.config.collective.clone(),
         targets: Targets::Broadcast { expected: BTreeSet::new() },
         timeout,
-        ttl: settings.ttl,
+        ttl: settings.config.ttl,
+    };
+    let pick = match args.limit_method {
+        Some(LimitMethod::First) => Pick::First,
+        Some(LimitMethod::Random) | None => Pick::Random(args.limit_seed),
     };
     let limit_count = if args.one { Some(Count::Nodes(1)) } else { args.limit };
-    let random = args.limit_method.as_deref() != Some("first");
-    let shape = |nodes: BTreeSet<Identity>| match limit_count {
-        Some(count) => limit(nodes, count, random, args.limit_seed),
-        None => nodes,
+    let spread = Spread {
+        limit: limit_count.map(|count| (count, pick)),
+        batch: args.batch,
+        batch_sleep: Duration::try_from_secs_f64(args.batch_sleep)
+            .with_context(|| format!("--batch-sleep {} is not a duration", args.batch_sleep))?,
     };
 
     if args.no_results || args.reply_to.is_some() {
-        if let discovery::Method::Fixed(_, nodes) = method {
-            call.targets = Targets::Direct(shape(nodes));
-        } else if limit_count.is_some() {
-            let found = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
-            call.targets = Targets::Direct(shape(found.nodes));
+        let mut call = call;
+        if let Some(filter) = selection.filter() {
+            call.filter = filter.clone();
+        }
+        match selection {
+            Selection::Listed(nodes) => call.targets = Targets::Direct(spread.limit(nodes)),
+            selection if spread.limit.is_some() => {
+                let found = client.resolve(selection, spread).await?;
+                crate::output::discovery_notes(io.err, &found)?;
+                call.targets = Targets::Direct(found.nodes);
+            }
+            // A broadcast nobody waits for: every node that has the agent and matches acts.
+            Selection::Discover(..) => {}
         }
         let id = client.send(&call, args.reply_to.as_deref()).await?;
         match &args.reply_to {
@@ -265,7 +251,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let out = &mut *io.out;
     let err = &mut *io.err;
     let mut write_error = None;
-    let mut on_reply = |reply: &NodeReply| {
+    let on_reply = |reply: &NodeReply| {
         crate::output::advance(&bar.borrow());
         if args.jsonl
             && let Err(e) = writeln!(out, "{}", reply_json(reply, true))
@@ -273,72 +259,32 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
             write_error.get_or_insert(e);
         }
     };
-    let shaped = args.batch.is_some() || limit_count.is_some();
-    let (discovered, result) = match method {
-        discovery::Method::Broadcast if !shaped => {
-            client
-                .discover_and_call(
-                    &filter,
-                    &settings.discovery(),
-                    call,
-                    |found| {
-                        if verbose_discovery {
-                            // Progress, on stderr: a failed write there is not worth failing
-                            // the call.
-                            let _ = writeln!(
-                                err,
-                                "Discovering hosts using the broadcast method for {} second(s) .... {}",
-                                settings.discovery_timeout.as_secs_f64(),
-                                found.nodes.len()
-                            );
-                        }
-                        *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
-                    },
-                    &mut on_reply,
+    let on_discovered = |found: &Discovered| {
+        if verbose_discovery {
+            // Progress, on stderr: a failed write there is not worth failing the call.
+            let _ = if found.networked {
+                writeln!(
+                    err,
+                    "Discovering hosts using the broadcast method for {} second(s) .... {}",
+                    settings.config.discovery_timeout.as_secs_f64(),
+                    found.nodes.len()
                 )
-                .await?
-        }
-        method => {
-            let mut discovered = match method {
-                discovery::Method::Fixed(name, nodes) => {
-                    if verbose_discovery {
-                        let _ = writeln!(
-                            err,
-                            "Discovered {} nodes using the {name} method",
-                            nodes.len()
-                        );
-                    }
-                    Discovered::listed(nodes, Duration::ZERO)
-                }
-                discovery::Method::Broadcast => {
-                    client.discover(&filter, &settings.discovery(), |_, _| {}).await?
-                }
+            } else {
+                writeln!(
+                    err,
+                    "Discovered {} nodes using the {} method",
+                    found.nodes.len(),
+                    method_name
+                )
             };
-            discovered.nodes = shape(std::mem::take(&mut discovered.nodes));
-            *bar.borrow_mut() = progress(discovered.nodes.len(), show_bar);
-            let nodes: Vec<Identity> = discovered.nodes.iter().cloned().collect();
-            let size = args.batch.map_or(nodes.len(), |batch| batch.of(nodes.len())).max(1);
-            let sleep = Duration::try_from_secs_f64(args.batch_sleep)
-                .with_context(|| format!("--batch-sleep {} is not a duration", args.batch_sleep))?;
-            let mut result = CallResult::empty();
-            for (index, batch) in nodes.chunks(size).enumerate() {
-                if index > 0 {
-                    tokio::time::sleep(sleep).await;
-                }
-                call.targets = Targets::Direct(batch.iter().cloned().collect());
-                let part = client.call(call.clone(), &mut on_reply).await?;
-                if index == 0 {
-                    result = part;
-                } else {
-                    result.absorb(part);
-                }
-            }
-            (discovered, result)
         }
+        *bar.borrow_mut() = progress(found.nodes.len(), show_bar);
     };
+    let (discovered, result) = client.run(selection, spread, call, on_discovered, on_reply).await?;
     if let Some(err) = write_error {
         return Err(err.into());
     }
+    crate::output::discovery_notes(io.err, &discovered)?;
     if discovered.nodes.is_empty() {
         writeln!(io.err, "\nNo request sent, we did not discover any nodes.")?;
         if args.json {
@@ -352,11 +298,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let summaries = match action {
         Some(action) => cohort_ddl::summarize(
             action,
-            result
-                .replies
-                .iter()
-                .filter(|r| r.reply.status == StatusCode::Ok)
-                .map(|r| &r.reply.data),
+            result.replies.iter().filter(|r| carries_data(r.reply.status)).map(|r| &r.reply.data),
         ),
         None => Vec::new(),
     };
@@ -365,11 +307,11 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     } else if args.jsonl {
         writeln!(io.out, "{}", summary_json(&discovered, Some(&result), &summaries))?;
     } else {
-        let display = match args.display.as_deref() {
-            Some("ok") => Display::Ok,
-            Some("all") => Display::Always,
-            Some("failed") => Display::Failed,
-            _ => action.map_or(Display::Failed, |a| a.display),
+        let display = match args.display {
+            Some(DisplayMode::Ok) => Display::Ok,
+            Some(DisplayMode::All) => Display::Always,
+            Some(DisplayMode::Failed) => Display::Failed,
+            None => action.map_or(Display::Failed, |a| a.display),
         };
         print_text(
             io,
@@ -385,6 +327,13 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         )?;
     }
     Ok(exit_code(&discovered, &result))
+}
+
+/// Whether a reply's data is a result: status 0 (OK) and 1 (aborted: the action ran and
+/// reported failure, such as a check in WARNING) carry the action's outputs, as MCollective
+/// aggregates them; the other statuses are errors about the request.
+pub(crate) fn carries_data(status: StatusCode) -> bool {
+    matches!(status, StatusCode::Ok | StatusCode::Aborted)
 }
 
 fn exit_code(discovered: &Discovered, result: &CallResult) -> ExitCode {
@@ -544,6 +493,25 @@ fn reply_json(node: &NodeReply, line: bool) -> Value {
 
 /// The statistics object of `-j` and of the `--jsonl` summary line.
 fn stats_json(discovered: &Discovered, result: Option<&CallResult>) -> Value {
+    let mut stats = call_stats_json(discovered, result);
+    if let Value::Object(map) = &mut stats {
+        map.insert("expected".into(), json!(discovered.expected));
+        map.insert(
+            "shortfall".into(),
+            discovered.shortfall.map_or(Value::Null, |short| {
+                json!({
+                    "expected": short.expected,
+                    "found": short.found,
+                    "missing": short.expected.saturating_sub(short.found),
+                    "waited_ms": ms(short.waited),
+                })
+            }),
+        );
+    }
+    stats
+}
+
+fn call_stats_json(discovered: &Discovered, result: Option<&CallResult>) -> Value {
     let unverified: Vec<Value> = discovered
         .unverified
         .iter()

@@ -92,7 +92,8 @@ impl Fleet {
             dir.path(),
             "client.toml",
             &format!(
-                "brokers = [{url:?}]\nagents_dir = {:?}\ndiscovery_timeout = 2\n",
+                "brokers = [{url:?}]\nagents_dir = {:?}\ndiscovery_timeout = 2\n\
+                 discovery_history = \"discovery.json\"\n",
                 agents_dir.display().to_string()
             ),
         );
@@ -106,6 +107,12 @@ impl Fleet {
     }
 
     fn add_node(&mut self, spec: &NodeSpec) {
+        let agents = self.agents_dir.clone();
+        self.add_node_with_agents(spec, &agents);
+    }
+
+    /// Adds and starts a node whose external agents are in `agents` instead of the fleet's.
+    pub fn add_node_with_agents(&mut self, spec: &NodeSpec, agents: &Path) {
         let node_dir = self.dir.path().join(spec.name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let facts = write(&node_dir, spec.fact_file, spec.facts);
@@ -113,10 +120,10 @@ impl Fleet {
         let node = Node { name: spec.name.to_owned(), facts, daemon: None };
         self.nodes.push(node);
         let idx = self.nodes.len() - 1;
-        self.start_node(idx, &classes, spec.collectives);
+        self.start_node(idx, &classes, spec.collectives, agents);
     }
 
-    fn start_node(&mut self, idx: usize, classes: &Path, collectives: &[&str]) {
+    fn start_node(&mut self, idx: usize, classes: &Path, collectives: &[&str], agents: &Path) {
         let node = &self.nodes[idx];
         let mut command = cohort();
         command
@@ -126,7 +133,7 @@ impl Fleet {
             .arg("--classes")
             .arg(classes)
             .arg("--agents-dir")
-            .arg(&self.agents_dir)
+            .arg(agents)
             .env("NODE_NAME", &node.name)
             .env("COHORT_LOG", "info");
         for collective in collectives {

@@ -97,6 +97,7 @@ async fn a_node_slow_to_answer_discovery_is_still_counted() {
             trust: Some(Arc::new(Trust::new(vec![issuer.public().clone()]))),
             tls_ca: None,
         },
+        history: None,
     })
     .await
     .unwrap();
@@ -110,11 +111,10 @@ async fn a_node_slow_to_answer_discovery_is_still_counted() {
         timeout: Duration::from_secs(20),
         ttl: 60,
     };
+    // As if an earlier discovery had found both: the call ends once both are in.
     let options = DiscoveryOptions {
-        collective: Collective::new("cohort").unwrap(),
-        timeout: Duration::from_secs(5),
-        quiet: Duration::from_millis(50),
-        ttl: 60,
+        expect: Some(2),
+        ..DiscoveryOptions::new(Collective::new("cohort").unwrap(), Duration::from_secs(5))
     };
     let at_handover = Mutex::new(Vec::new());
     let (discovered, result) = client

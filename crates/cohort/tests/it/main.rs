@@ -4,6 +4,7 @@
 
 mod boot;
 mod broker;
+mod client_core;
 mod collective;
 mod demo;
 mod fleet;
@@ -13,4 +14,5 @@ mod nagios;
 mod operator;
 mod process;
 mod security;
+mod stress;
 mod tidy;

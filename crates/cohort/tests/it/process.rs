@@ -4,9 +4,13 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary, with no colour, no standard input, and a discovery history of this test run's
+/// own (never the user's `~/.cache`) for configurations that do not name one.
 pub fn cohort() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
-    command.env("NO_COLOR", "1").stdin(Stdio::null());
+    let cache =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cache-{}", std::process::id()));
+    command.env("NO_COLOR", "1").env("XDG_CACHE_HOME", cache).stdin(Stdio::null());
     command
 }
 

@@ -126,6 +126,12 @@ impl Secure {
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         write(&policies, "touch.policy", "policy default deny\nallow\tclient=alice\tmark\t*\t*\n");
+        // bob may not read a node's inventory or statistics (everything else in rpcutil is his).
+        write(
+            &policies,
+            "rpcutil.policy",
+            "policy default allow\ndeny\tclient=bob\tinventory daemon_stats\t*\t*\n",
+        );
         let agents = dir.path().join("agents");
         std::fs::create_dir_all(agents.join("touch")).unwrap();
         for file in ["touch.json", "touch"] {
@@ -188,7 +194,7 @@ impl Secure {
                 "brokers = [{url:?}]\nkey = \"keys/client.{name}.seed\"\n\
                  credential = \"keys/client.{name}.cred\"\nissuers = [\"keys/issuer.pub\"]\n\
                  revocations = \"keys/revoked.json\"\ntls_ca = \"keys/ca.pem\"\nagents_dir = \"agents\"\n\
-                 discovery_timeout = 2\n",
+                 discovery_timeout = 2\ndiscovery_history = \"discovery.json\"\n",
                 url = self.url,
             ),
         )
@@ -400,6 +406,21 @@ async fn scenario(kind: BrokerKind) {
             .iter()
             .all(|r| r["caller"] == "client=bob" && r["rule"] == "touch.policy policy default")
     );
+
+    // The inventory of a node whose policy denies the caller: one error line naming the node
+    // and the refusal, a failure exit, no panic.
+    let output = fleet.cli("bob", &["inventory", NODES[0]]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cohort: error: {} refused the inventory request", NODES[0]))
+            && stderr.contains("not authorized"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    let output = fleet.cli("alice", &["inventory", NODES[0]]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     // Unsigned.
     let path = work.join("unsigned");

@@ -1,0 +1,196 @@
+//! Sending a request and collecting its replies: a short loop that feeds the pure
+//! [`Collector`] what arrives (replies, refusals, discovery latecomers) and the time, and stops
+//! when it says so.
+
+use std::time::{Instant, SystemTime};
+
+use cohort_proto::{Filter, broadcast_subject, node_subject, reply_subject};
+
+use crate::collector::{Collected, Collector, Following};
+use crate::discovery::{Heard, Session};
+use crate::ending::Verdict;
+use crate::verify::{Incoming, Replies};
+use crate::{
+    Call, CallResult, CallStats, Client, ClientError, Discovered, DiscoveryOptions, NodeReply,
+    Targets,
+};
+
+impl Client {
+    /// Discovery, then `call` broadcast to the discovered nodes. Nodes that answer discovery
+    /// after it handed over (or answer the call first) join the call while it runs, and the
+    /// call ends as soon as every expected node answered and discovery has nothing more to
+    /// bring ([`crate::collector`]). For literal identities there is no discovery, and the
+    /// request goes to each node's own subject.
+    pub async fn discover_and_call(
+        &self,
+        filter: &Filter,
+        options: &DiscoveryOptions,
+        mut call: Call,
+        on_discovered: impl FnOnce(&Discovered),
+        on_reply: impl FnMut(&NodeReply),
+    ) -> Result<(Discovered, CallResult), ClientError> {
+        let (found, session) = self.discover_session(filter, options, true, |_, _| {}).await?;
+        let Some(mut session) = session else {
+            let discovered = Discovered::listed(found.nodes, found.started.elapsed());
+            on_discovered(&discovered);
+            if discovered.nodes.is_empty() {
+                return Ok((discovered, CallResult::empty()));
+            }
+            call.targets = Targets::Direct(discovered.nodes.clone());
+            let result = self.call(call, on_reply).await?;
+            return Ok((discovered, result));
+        };
+        let mut discovered = Discovered {
+            nodes: found.nodes.clone(),
+            elapsed: found.started.elapsed(),
+            networked: true,
+            expected: session.ending.expected(),
+            ..Discovered::default()
+        };
+        on_discovered(&discovered);
+        if found.nodes.is_empty() {
+            // Nothing matched: nothing is sent.
+            session.close().await;
+            let unverified = std::mem::take(&mut session.unverified);
+            let discovered = self.conclude(found.nodes, found.started, &session, unverified);
+            return Ok((discovered, CallResult::empty()));
+        }
+        call.targets = Targets::Broadcast { expected: found.nodes };
+        let (collected, stats) = self.collect(call, Some(&mut session), on_reply).await?;
+        if let Some(ending) = &collected.discovery {
+            session.ending = ending.clone();
+        }
+        discovered = Discovered {
+            elapsed: discovered.elapsed,
+            ..self.conclude(collected.expected.clone(), found.started, &session, Vec::new())
+        };
+        Ok((discovered, CallResult { replies: collected.replies, stats }))
+    }
+
+    /// Sends `call` and collects replies until every expected node answered or the timeout
+    /// passed. `on_reply` sees each reply as it arrives (progress bars, JSON lines).
+    pub async fn call(
+        &self,
+        call: Call,
+        on_reply: impl FnMut(&NodeReply),
+    ) -> Result<CallResult, ClientError> {
+        let (collected, stats) = self.collect(call, None, on_reply).await?;
+        Ok(CallResult { replies: collected.replies, stats })
+    }
+
+    async fn collect(
+        &self,
+        call: Call,
+        mut discovery: Option<&mut Session>,
+        mut on_reply: impl FnMut(&NodeReply),
+    ) -> Result<(Collected, CallStats), ClientError> {
+        let start_time = SystemTime::now();
+        let (id, request) = self.call_request(&call, true);
+        let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
+        let bus = |err: &dyn std::fmt::Display| ClientError::Bus(err.to_string());
+        let mut incoming = Replies::new(
+            self.nats.subscribe(reply_to.clone()).await.map_err(|e| bus(&e))?,
+            &self.options.security,
+        );
+        let bytes: bytes::Bytes = self.encode(&request).into();
+        let sent = Instant::now();
+        match &call.targets {
+            Targets::Broadcast { .. } => {
+                let subject = broadcast_subject(&call.collective, &call.agent);
+                self.nats.publish_with_reply(subject, reply_to.clone(), bytes).await
+            }
+            Targets::Direct(nodes) => {
+                let mut result = Ok(());
+                for node in nodes {
+                    let subject = node_subject(&call.collective, node);
+                    result = result.and(
+                        self.nats
+                            .publish_with_reply(subject, reply_to.clone(), bytes.clone())
+                            .await,
+                    );
+                }
+                result
+            }
+        }
+        .map_err(|e| bus(&e))?;
+        let _ = self.nats.flush().await;
+
+        let mut collector =
+            Collector::new(id.clone(), &call.collective, &call.targets, sent, sent + call.timeout);
+        if let Some(session) = discovery.as_deref_mut() {
+            // The first check of discovery replies waits as long as discovery's window: by
+            // then the fleet has had the time it needed to answer once.
+            let following = Following {
+                ending: session.ending.clone(),
+                pending: std::mem::take(&mut session.pending),
+                trust: self.options.security.trust.clone(),
+                check_after: session.ending.window(),
+            };
+            collector.follow(following, session.last_heard);
+        }
+        loop {
+            let wake = match collector.poll(Instant::now()) {
+                Verdict::End => break,
+                Verdict::Wait(at) => at,
+            };
+            tokio::select! {
+                item = incoming.next() => {
+                    let now = Instant::now();
+                    match item {
+                        None => break,
+                        Some(Incoming::NoResponders(subject)) => {
+                            collector.no_responders(now, subject.as_deref());
+                        }
+                        Some(Incoming::Unverified(refused)) => collector.refused(now, refused),
+                        Some(Incoming::Reply(reply)) => {
+                            let reply = NodeReply { reply, elapsed: sent.elapsed() };
+                            if let Some(counted) = collector.reply(now, reply) {
+                                on_reply(counted);
+                            }
+                        }
+                        Some(Incoming::Deferred(..)) => {}
+                    }
+                }
+                heard = next_late(discovery.as_deref_mut()) => {
+                    let now = Instant::now();
+                    match heard {
+                        Heard::Node(node, signed) => collector.discovered(now, node, signed),
+                        Heard::Probe => collector.probe_answered(now),
+                        Heard::Closed => collector.discovery_closed(),
+                    }
+                }
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        let request_time = sent.elapsed();
+        incoming.unsubscribe().await;
+        if let Some(session) = discovery {
+            session.close().await;
+            collector.absorb(
+                std::mem::take(&mut session.pending),
+                std::mem::take(&mut session.unverified),
+            );
+        }
+        let collected = collector.finish();
+        let stats = CallStats {
+            request_id: id,
+            discovered: collected.expected.len(),
+            responses: collected.replies.len(),
+            ok: collected.ok,
+            failed: collected.replies.len() - collected.ok,
+            no_responses: collected.no_responses.clone(),
+            unexpected: collected.unexpected.clone(),
+            unverified: collected.unverified.clone(),
+            start_time,
+            request_time,
+        };
+        Ok((collected, stats))
+    }
+}
+
+async fn next_late(session: Option<&mut Session>) -> Heard {
+    match session {
+        Some(session) => session.next().await,
+        None => std::future::pending().await,
+    }
+}
