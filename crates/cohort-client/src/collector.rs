@@ -467,6 +467,36 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_discovery_reply_stops_holding_the_call_once_checked() {
+        use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer};
+        let issuer = SecretKey::generate(KeyKind::Issuer, [7; 32]);
+        let key = SecretKey::generate(KeyKind::Member, [8; 32]);
+        let credential =
+            Credential::issue(&issuer, "b", Role::Node, key.public(), "b".into(), 0, i64::MAX)
+                .unwrap();
+        // Node `b`'s credential, claiming to be `ghost`.
+        let forger = Signer::new(key, credential).unwrap();
+        let mut claim = reply(1, "ghost", StatusCode::Ok).reply;
+        claim.agent = AgentName::new("discovery").unwrap();
+        let forged = Bytes::from(forger.seal(&String::from_utf8(claim.to_bytes()).unwrap()));
+        let trust = Arc::new(Trust::new(vec![issuer.public().clone()]));
+
+        let (t, mut c) = collector(Targets::Broadcast { expected: nodes(&["a"]) });
+        c.follow(Following { trust: Some(trust), ..following(t, Some(1)) }, t);
+        c.discovered(t, node("ghost"), Some(forged));
+        c.reply(t + MS, reply(1, "a", StatusCode::Ok));
+        // Quiet for less than the check delay: the ghost is still awaited.
+        assert_eq!(c.poll(t + MS * 10), Verdict::Wait(t + MS * 21));
+        // Then its discovery reply is checked, refuted, and nobody is left to wait for.
+        assert_eq!(c.poll(t + MS * 21), Verdict::End);
+        let done = c.finish();
+        assert_eq!(done.expected, nodes(&["a"]));
+        assert!(done.no_responses.is_empty());
+        assert_eq!(done.unverified.len(), 1);
+        assert!(done.unverified[0].reason.contains("signed by node=b"), "{:?}", done.unverified);
+    }
+
+    #[test]
     fn refusals_are_kept() {
         let (t, mut c) = collector(Targets::Direct(nodes(&["a"])));
         c.refused(t, Unverified { sender: Some("a".into()), reason: "unsigned reply".into() });

@@ -41,7 +41,6 @@ pub(crate) struct Session {
     /// Signed replies not yet verified (when the replies are deferred).
     pub(crate) pending: Pending,
     id: RequestId,
-    pub(crate) sent: Instant,
     pub(crate) ending: Ending,
     /// When discovery last heard anything.
     pub(crate) last_heard: Instant,
@@ -143,9 +142,12 @@ impl Client {
     ) -> Discovered {
         let elapsed = started.elapsed();
         let expected = session.ending.expected();
-        let shortfall = expected.filter(|expected| nodes.len() < *expected).map(|expected| {
-            Shortfall { expected, found: nodes.len(), waited: session.sent.elapsed() }
-        });
+        let shortfall =
+            expected.filter(|expected| nodes.len() < *expected).map(|expected| Shortfall {
+                expected,
+                found: nodes.len(),
+                waited: session.ending.waited(Instant::now()),
+            });
         let mut history_error = None;
         // A discovery that found nobody is not evidence that the fleet is gone: the next one
         // keeps expecting the count before it.
@@ -232,7 +234,6 @@ impl Client {
             unverified: Vec::new(),
             pending: Pending::default(),
             id,
-            sent,
             ending: Ending::new(sent, options.timeout, options.limit, options.window, expect),
             last_heard: sent,
             key: Some(key),

@@ -190,6 +190,11 @@ impl Ending {
         self.expect
     }
 
+    /// How long discovery has listened by `now`, at most to its hard bound.
+    pub(crate) fn waited(&self, now: Instant) -> Duration {
+        now.min(self.hard).saturating_duration_since(self.sent)
+    }
+
     /// How long a silence ends discovery: the full window.
     pub(crate) fn window(&self) -> Duration {
         self.window

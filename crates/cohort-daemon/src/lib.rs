@@ -8,6 +8,7 @@
 //! subscriptions, bounded concurrency, registration, reloads and graceful shutdown.
 
 pub mod agent;
+pub mod assemble;
 pub mod audit;
 pub mod config;
 pub mod external;

@@ -98,9 +98,10 @@ pub(crate) async fn facts(args: FactsArgs, io: &mut Io<'_>) -> anyhow::Result<Ex
     }
     let mut values: BTreeMap<String, Vec<&Identity>> = BTreeMap::new();
     for node in &result.replies {
-        if node.reply.status == StatusCode::Ok {
-            let value = node.reply.data.get("value").map(text).unwrap_or_default();
-            values.entry(value).or_default().push(&node.reply.sender);
+        if node.reply.status == StatusCode::Ok
+            && let Ok(fact) = rpcutil::read::<rpcutil::FactValue>(&node.reply.data)
+        {
+            values.entry(text(&fact.value)).or_default().push(&node.reply.sender);
         }
     }
     writeln!(io.out, "Report for fact: {}\n", args.fact)?;

@@ -63,8 +63,19 @@ pub(crate) struct NagiosArgs {
     min_nodes_state: String,
 }
 
-/// Default reply timeout of a fleet check, added to the discovery timeout.
-const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a check may run: the command's own limit in place of the nrpe DDL's 70 s, so a
+/// fleet check ends well inside a monitoring system's service timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The reply timeout of a fleet check, by the client's one rule (`-t`, else the action's
+/// timeout plus `--dt`).
+fn check_timeout(settings: &Settings) -> Duration {
+    cohort_client::reply_timeout(
+        settings.config.timeout,
+        Some(CHECK_TIMEOUT),
+        settings.config.discovery_timeout,
+    )
+}
 
 fn state_of(reply: &cohort_proto::Reply) -> (State, String) {
     match reply.status {
@@ -106,7 +117,7 @@ async fn run_check(
         filter: filter.clone(),
         collective: settings.config.collective.clone(),
         targets: Targets::Broadcast { expected: std::collections::BTreeSet::new() },
-        timeout: settings.config.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
+        timeout: check_timeout(settings),
         ttl: settings.config.ttl,
     };
     // Only nodes that can run the check count; others are not "no response". Literal `-I`
@@ -297,7 +308,7 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
     // Everything, connecting included, must end before Nagios' own timeout would fire.
     let budget = settings.config.connect_timeout
         + settings.config.discovery_timeout
-        + settings.config.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
+        + check_timeout(&settings)
         + Duration::from_secs(2);
     let method = match args.flags.filter.build().and_then(|filter| {
         args.flags.common.discovery.method_without_stdin(&filter, &settings.config.collective)

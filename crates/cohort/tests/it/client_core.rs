@@ -50,6 +50,12 @@ fn shell(fleet: &Fleet, script: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Starts `command` with all three streams piped (standard input open, and silent until
+/// written).
+fn piped(command: &mut Command) -> std::process::Child {
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 /// Waits for `child` up to `limit`; `None` if it is still running then.
 fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -105,15 +111,7 @@ fn standard_input_is_read_only_when_nothing_else_names_the_nodes() {
     // An open pipe that never says anything: with a filter, or --dm broadcast, it is not read,
     // and the command ends as soon as the fleet has answered.
     for args in [&["find", "-F", "country=uk"][..], &["find", "--dm", "broadcast"][..]] {
-        let mut child = cohort()
-            .args(args)
-            .arg("-c")
-            .arg(&fleet.client_config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = piped(cohort().args(args).arg("-c").arg(&fleet.client_config));
         let silent = child.stdin.take();
         let status = wait_for(&mut child, Duration::from_secs(15));
         assert!(status.is_some_and(|s| s.success()), "{args:?} hung on a silent pipe");
@@ -124,14 +122,7 @@ fn standard_input_is_read_only_when_nothing_else_names_the_nodes() {
 
     // Nothing else names the nodes: the pipe is the node list. After a second of silence the
     // command says so on stderr, and how not to; it then reads what comes.
-    let mut child = cohort()
-        .args(["find", "-c"])
-        .arg(&fleet.client_config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = piped(cohort().args(["find", "-c"]).arg(&fleet.client_config));
     let mut pipe = child.stdin.take().unwrap();
     assert!(
         wait_for(&mut child, Duration::from_millis(2500)).is_none(),
@@ -151,15 +142,12 @@ fn standard_input_is_read_only_when_nothing_else_names_the_nodes() {
 
 #[test]
 fn the_demo_ignores_the_environment_and_standard_input() {
-    let mut child = cohort()
-        .args(["demo", "--nodes", "8"])
-        .env("COHORT_BROKER", "tls://127.0.0.1:1")
-        .env("COHORT_CONFIG", "/nonexistent/client.toml")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = piped(
+        cohort()
+            .args(["demo", "--nodes", "8"])
+            .env("COHORT_BROKER", "tls://127.0.0.1:1")
+            .env("COHORT_CONFIG", "/nonexistent/client.toml"),
+    );
     let silent = child.stdin.take();
     let status = wait_for(&mut child, Duration::from_secs(90));
     drop(silent);

@@ -169,8 +169,19 @@ fn discovery_methods_shaping_and_output() {
     assert_eq!(stdout(&chained), "db2.example.com\n");
     let chained = cli_with_stdin(&fleet, &["rpc", "rpcutil", "ping", "-j"], &output.stdout);
     assert_eq!(senders(&json(&chained)).len(), ALL.len());
-    let refused =
-        cli_with_stdin(&fleet, &["rpc", "rpcutil", "ping", "-F", "role=db"], b"db1.example.com\n");
+    // A filter names the nodes: standard input is then not read unless asked for...
+    let filtered = cli_with_stdin(
+        &fleet,
+        &["rpc", "rpcutil", "ping", "-F", "role=db", "-j"],
+        b"db1.example.com\n",
+    );
+    assert_eq!(senders(&json(&filtered)), ["db1.example.com", "db2.example.com"]);
+    // ...and asked for, a node list cannot be filtered by facts.
+    let refused = cli_with_stdin(
+        &fleet,
+        &["rpc", "rpcutil", "ping", "-F", "role=db", "--dm", "stdin"],
+        b"db1.example.com\n",
+    );
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains("stdin discovery method") && stderr(&refused).contains("fact"),

@@ -173,7 +173,7 @@ fn start_fleet(url: &str, dir: &Path) -> Daemon {
     let probe =
         write(dir, "probe.toml", &format!("brokers = [{url:?}]\ndiscovery_history = false\n"));
     loop {
-        let output = client(&probe, &["find", "--dt", "5"]).output().unwrap();
+        let output = cohort().args(["find", "--dt", "5", "-c"]).arg(&probe).output().unwrap();
         if found("find", &output) == Ok(NODES) {
             return fleet;
         }
