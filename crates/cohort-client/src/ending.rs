@@ -6,10 +6,13 @@
 //!   silence proves nothing (a stalled fleet, a busy broker, a descheduled client look the same
 //!   as a finished one), and discovery holds on to `--dt`. Without a record it holds to `--dt`
 //!   too: the first discovery of a filter waits as long as MCollective always did.
-//! - **silence**, once the count is reached: discovery ends when no reply arrived for the quiet
-//!   window, which grows with the fleet's observed reply times (the first reply's round trip,
-//!   four times the largest gap between replies, half the time so far), never below
-//!   `--discovery-window`. New nodes beyond the record still get that window to answer.
+//! - **silence**, once the count is reached: discovery ends when no reply arrived for
+//!   `--discovery-window`, or for the first reply's round trip if that is longer. Only nodes new
+//!   since the record can still come; they get that window to answer.
+//! - without the count, past `--dt` (when the caller allows more, as `cohort ping` does) or
+//!   when a call takes over, silence is judged by the adaptive window, which grows with the
+//!   fleet's observed reply times (the first reply's round trip, four times the largest gap
+//!   between replies, half the time so far).
 //! - **the broker's probe answer**: silence counts only after the broker has handed the
 //!   request to every subscriber (see `Client::discover`), or after [`PROBE_WAIT`].
 //! - **the hard bound**: `timeout` ends it whatever the evidence.
@@ -46,6 +49,10 @@ pub(crate) struct Ending {
     /// The window without its "half the time so far" term: how long a discovery that hands
     /// over to a call waits (the call keeps listening to discovery, so nothing is lost).
     gap_window: Duration,
+    /// The window once the expected count is in: the floor, or the first reply's round trip
+    /// if longer. Only nodes new since the last discovery can still come, and a pause seen
+    /// on the way (which inflates the other two windows) says nothing about them.
+    settled_window: Duration,
     expect: Option<usize>,
     count: usize,
     last_reply: Option<Instant>,
@@ -75,6 +82,7 @@ impl Ending {
             hard,
             window,
             gap_window: window,
+            settled_window: window,
             expect,
             count: 0,
             last_reply: None,
@@ -94,7 +102,11 @@ impl Ending {
     /// A node answered; `count` is how many distinct nodes have now.
     pub(crate) fn heard(&mut self, now: Instant, count: usize) {
         match self.last_reply {
-            None => self.gap_window = self.gap_window.max(now.saturating_duration_since(self.sent)),
+            None => {
+                let round_trip = now.saturating_duration_since(self.sent);
+                self.gap_window = self.gap_window.max(round_trip);
+                self.settled_window = self.settled_window.max(round_trip);
+            }
             Some(previous) => {
                 self.gap_window =
                     self.gap_window.max(now.saturating_duration_since(previous).saturating_mul(4));
@@ -164,7 +176,13 @@ impl Ending {
         if !handover && self.holding(now) {
             return self.wait(self.hold_until);
         }
-        let window = if handover { self.gap_window } else { self.window };
+        let window = if self.satisfied() {
+            self.settled_window
+        } else if handover {
+            self.gap_window
+        } else {
+            self.window
+        };
         let mut end = self.quiet_from + window;
         if let Some(until) = self.probe_until {
             end = end.max(until);
@@ -248,25 +266,39 @@ mod tests {
     }
 
     #[test]
-    fn nodes_beyond_the_record_still_get_the_window() {
+    fn nodes_beyond_the_record_get_the_settled_window() {
         let (t, mut rule) = rule(Some(1));
         rule.heard(at(t, 10), 1);
         rule.heard(at(t, 40), 2);
-        // Gap 30 ms x 4 = 120 ms from the last reply.
-        assert_eq!(rule.poll(at(t, 41), false), Verdict::Wait(at(t, 160)));
-        rule.heard(at(t, 150), 3);
+        // The count is in: the floor (50 ms) from the last reply.
+        assert_eq!(rule.poll(at(t, 41), false), Verdict::Wait(at(t, 90)));
+        rule.heard(at(t, 80), 3);
         assert_eq!(rule.count(), 3);
-        assert!(matches!(rule.poll(at(t, 151), false), Verdict::Wait(_)));
+        assert_eq!(rule.poll(at(t, 81), false), Verdict::Wait(at(t, 130)));
+    }
+
+    #[test]
+    fn a_pause_on_the_way_does_not_lengthen_the_settled_window() {
+        let (t, mut rule) = rule(Some(3));
+        rule.heard(at(t, 20), 1);
+        // The fleet stopped for 300 ms.
+        rule.heard(at(t, 320), 2);
+        rule.heard(at(t, 321), 3);
+        assert_eq!(rule.window(), MS * 1200);
+        // Settled: the first reply's round trip is under the floor, so 50 ms.
+        assert_eq!(rule.poll(at(t, 322), false), Verdict::Wait(at(t, 371)));
     }
 
     #[test]
     fn the_window_grows_with_the_time_so_far_and_the_first_round_trip() {
-        let (t, mut rule) = rule(Some(2));
-        rule.heard(at(t, 80), 1);
-        rule.heard(at(t, 300), 2);
+        let start = Instant::now();
+        // Past a 100 ms hold with nothing on record, the adaptive window decides.
+        let mut rule = Ending::new(start, MS * 100, MS * 5000, MS * 50, None).without_probe();
+        rule.heard(at(start, 80), 1);
+        rule.heard(at(start, 300), 2);
         // max(floor 50, first 80, gap 220*4 = 880, elapsed/2 = 150) = 880.
         assert_eq!(rule.window(), MS * 880);
-        assert_eq!(rule.poll(at(t, 301), false), Verdict::Wait(at(t, 1180)));
+        assert_eq!(rule.poll(at(start, 301), false), Verdict::Wait(at(start, 1180)));
     }
 
     #[test]

@@ -93,10 +93,12 @@ fn client(config: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// Waits until all `n` daemons answer, asking with this build (whatever client is measured).
 fn wait_for(config: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let output = client(config, &["find", "--dt", "5"]).output().unwrap();
+        let output =
+            Command::new(binary()).args(["find", "--dt", "5", "-c"]).arg(config).output().unwrap();
         let found = String::from_utf8_lossy(&output.stdout).lines().count();
         if found == n {
             return;

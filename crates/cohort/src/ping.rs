@@ -71,6 +71,8 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
         }
         filter_for_network.identity =
             nodes.iter().map(|id| format!("/^{}$/", regex::escape(id.as_str()))).collect();
+        // The list says how many to expect: the ping ends as soon as they have all answered.
+        options.expect = Some(nodes.len());
     }
     let mut times = Vec::new();
     let mut write_error = None;
