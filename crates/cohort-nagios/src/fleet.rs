@@ -2,7 +2,7 @@
 //! the shape of the original check-mc-nrpe (reference/mcollective.md §6.4), fixed:
 //!
 //! ```text
-//! check_load: OK: 40 WARNING: 1 CRITICAL: 1 UNKNOWN: 2|total=44;;;0 ok=40;;;0 warning=1;;;0 critical=1;;;0 unknown=2;;;0 noresponse=1;;;0 checktime=0.210s;;;0
+//! check_load: OK: 40 WARNING: 1 CRITICAL: 1 UNKNOWN: 2|total=43 ok=40 warn=1 crit=1 unknown=1 checktime=0.210000 noresponse=1 expected=44
 //! CRITICAL:
 //!    db3.example.net
 //! WARNING:
@@ -13,8 +13,12 @@
 //!    cache2.example.net
 //! ```
 //!
-//! `total` is the number of nodes counted, non-responders included (in the state chosen for
-//! them, UNKNOWN by default); exit codes outside 0-3 count as UNKNOWN (the original crashed);
+//! The first line's counts include non-responders (in the state chosen for them, UNKNOWN by
+//! default; the original left them out). The perfdata keeps the original's labels, order and
+//! meanings, so graphs keyed on them carry on: `total` is the replies received, `ok`, `warn`,
+//! `crit`, `unknown` count replies, `checktime` is seconds with six decimals; two labels follow
+//! them, `noresponse` and `expected` (replies plus non-responders). Exit codes outside 0-3
+//! count as UNKNOWN (the original crashed);
 //! CRITICAL beats every other state, then the worst wins; output is kept under Nagios' 8 KiB.
 
 use std::time::Duration;
@@ -137,6 +141,15 @@ impl Tally {
         counts
     }
 
+    /// Replies per state (non-responders not counted): what the perfdata reports.
+    pub fn reply_counts(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for result in &self.results {
+            counts[usize::from(result.state.code())] += 1;
+        }
+        counts
+    }
+
     /// Nodes in `state`, sorted.
     pub fn nodes_in(&self, state: State) -> Vec<&str> {
         let mut nodes: Vec<&str> =
@@ -178,17 +191,19 @@ pub fn render_plugin(tally: &Tally, judgement: &Judgement) -> (String, u8) {
         extra = format!(" ({total} nodes, expected at least {min})");
     }
     let checktime = tally.elapsed.as_secs_f64();
+    let replies = tally.reply_counts();
     let first = format!(
-        "{}: OK: {} WARNING: {} CRITICAL: {} UNKNOWN: {}{extra}|total={total};;;0 ok={};;;0 warning={};;;0 critical={};;;0 unknown={};;;0 noresponse={};;;0 checktime={checktime:.3}s;;;0",
+        "{}: OK: {} WARNING: {} CRITICAL: {} UNKNOWN: {}{extra}|total={} ok={} warn={} crit={} unknown={} checktime={checktime:.6} noresponse={} expected={total}",
         tally.check,
         counts[0],
         counts[1],
         counts[2],
         counts[3],
-        counts[0],
-        counts[1],
-        counts[2],
-        counts[3],
+        tally.results.len(),
+        replies[0],
+        replies[1],
+        replies[2],
+        replies[3],
         tally.no_response.len(),
     );
     let mut no_response = tally.no_response.clone();
@@ -260,7 +275,7 @@ mod tests {
         );
         assert_eq!(
             text,
-            "check_x: OK: 2 WARNING: 0 CRITICAL: 0 UNKNOWN: 0|total=2;;;0 ok=2;;;0 warning=0;;;0 critical=0;;;0 unknown=0;;;0 noresponse=0;;;0 checktime=1.234s;;;0\n"
+            "check_x: OK: 2 WARNING: 0 CRITICAL: 0 UNKNOWN: 0|total=2 ok=2 warn=0 crit=0 unknown=0 checktime=1.234000 noresponse=0 expected=2\n"
         );
         assert_eq!(code, 0);
     }
@@ -279,7 +294,9 @@ mod tests {
         let (text, code) = render_plugin(&t, &Judgement::default());
         assert_eq!(code, 2);
         assert!(
-            text.starts_with("check_x: OK: 0 WARNING: 1 CRITICAL: 2 UNKNOWN: 2|total=5;"),
+            text.starts_with(
+                "check_x: OK: 0 WARNING: 1 CRITICAL: 2 UNKNOWN: 2|total=4 ok=0 warn=1 crit=2 unknown=1 checktime="
+            ),
             "{text}"
         );
         assert!(

@@ -186,19 +186,71 @@ fn plugin(fleet: &Fleet, args: &[&str]) -> (Vec<String>, u8) {
     )
 }
 
+/// Checks the first line: the headline counts (non-responders included, here as UNKNOWN) and
+/// the perfdata, read the way a graphing tool (PNP4Nagios, Graphite) reads it: the original
+/// check-mc-nrpe labels in their order with their meanings (`total` = replies), then ours.
 #[track_caller]
 fn first_line(lines: &[String], check: &str, counts: [usize; 4], noresponse: usize) {
-    let total: usize = counts.iter().sum();
-    let prefix = format!(
-        "{check}: OK: {} WARNING: {} CRITICAL: {} UNKNOWN: {}|total={total};;;0 ok={};;;0 warning={};;;0 critical={};;;0 unknown={};;;0 noresponse={noresponse};;;0 checktime=",
-        counts[0], counts[1], counts[2], counts[3], counts[0], counts[1], counts[2], counts[3]
+    let mut replies = counts;
+    replies[3] -= noresponse;
+    first_line_with(lines, check, counts, replies, noresponse);
+}
+
+#[track_caller]
+fn first_line_with(
+    lines: &[String],
+    check: &str,
+    counts: [usize; 4],
+    replies: [usize; 4],
+    noresponse: usize,
+) {
+    let headline = format!(
+        "{check}: OK: {} WARNING: {} CRITICAL: {} UNKNOWN: {}|",
+        counts[0], counts[1], counts[2], counts[3]
     );
-    assert!(lines[0].starts_with(&prefix), "{}\nexpected prefix\n{prefix}", lines[0]);
-    assert!(lines[0].ends_with("s;;;0"), "{}", lines[0]);
-    // The perfdata parses as perfdata.
+    assert!(lines[0].starts_with(&headline), "{}\nexpected prefix\n{headline}", lines[0]);
     let perf = lines[0].split_once('|').unwrap().1;
     let (items, errors) = cohort_nagios::output::parse_perfdata(perf);
-    assert!(errors.is_empty() && items.len() == 7, "{perf}");
+    assert!(errors.is_empty(), "{perf}: {errors:?}");
+    let labels: Vec<&str> = items.iter().map(|i| i.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["total", "ok", "warn", "crit", "unknown", "checktime", "noresponse", "expected"],
+        "{perf}"
+    );
+    let value = |label: &str| items.iter().find(|i| i.label == label).and_then(|i| i.value);
+    let total: usize = replies.iter().sum();
+    for (label, expected) in [
+        ("total", total),
+        ("ok", replies[0]),
+        ("warn", replies[1]),
+        ("crit", replies[2]),
+        ("unknown", replies[3]),
+        ("noresponse", noresponse),
+        ("expected", total + noresponse),
+    ] {
+        #[allow(clippy::cast_precision_loss)]
+        let want = expected as f64;
+        assert_eq!(value(label), Some(want), "{label} in {perf}");
+    }
+    let checktime = items.iter().find(|i| i.label == "checktime").unwrap();
+    assert!(checktime.uom.is_empty() && checktime.value.is_some_and(|v| v > 0.0), "{perf}");
+    assert!(
+        perf.contains("checktime=")
+            && perf
+                .split("checktime=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .len()
+                == 6,
+        "{perf}"
+    );
 }
 
 #[test]
@@ -360,7 +412,7 @@ fn nagios_aggregation_end_to_end() {
     let mut args = ids.to_vec();
     args.extend_from_slice(&["-t", "2", "--no-response-state", "ok", "check_state"]);
     let (lines, code) = plugin(&fleet, &args);
-    first_line(&lines, "check_state", [3, 0, 0, 0], 2);
+    first_line_with(&lines, "check_state", [3, 0, 0, 0], [1, 0, 0, 0], 2);
     assert_eq!(code, 0);
 
     // A node list instead of discovery: exactly those nodes are checked.
