@@ -20,8 +20,11 @@ use crate::output::{Io, ms, name_grid, progress};
 /// Options shared by both commands.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct CheckFlags {
-    /// The NRPE command to run, as named in the nodes' NRPE configuration.
-    check: String,
+    /// The NRPE command to run, as named in the nodes' NRPE configuration: the last word.
+    /// Words before it are filter statements added to `-W`, as check-mc-nrpe's Nagios command
+    /// `check-mc-nrpe -W $ARG1$ $ARG2$` passes them (`-W puppet_enabled=1 country=us CHECK`).
+    #[arg(value_name = "CHECK", required = true, num_args = 1..)]
+    words: Vec<String>,
     #[command(flatten)]
     filter: FilterFlags,
     #[command(flatten)]
@@ -29,6 +32,19 @@ pub(crate) struct CheckFlags {
     /// Also write the counts in node_exporter textfile format to PATH (atomically).
     #[arg(long, value_name = "PATH")]
     textfile: Option<std::path::PathBuf>,
+}
+
+impl CheckFlags {
+    /// The check: the last positional word.
+    fn check(&self) -> &str {
+        self.words.last().map_or("", String::as_str)
+    }
+
+    /// The filter: the flags, with the words before the check added to `-W`.
+    fn filter(&self) -> anyhow::Result<cohort_proto::Filter> {
+        let statements = &self.words[..self.words.len().saturating_sub(1)];
+        self.filter.with_statements(statements).build()
+    }
 }
 
 /// Options of `cohort nrpe`.
@@ -104,12 +120,12 @@ async fn run_check(
     mut on_reply: impl FnMut(&cohort_client::NodeReply),
     mut on_discovered: impl FnMut(usize),
 ) -> anyhow::Result<Ran> {
-    let filter = flags.filter.build()?;
+    let filter = flags.filter()?;
     let started = Instant::now();
     let client = settings.connect().await?;
     let agent = AgentName::new("nrpe")?;
     let mut data = serde_json::Map::new();
-    data.insert("command".into(), Value::from(flags.check.clone()));
+    data.insert("command".into(), Value::from(flags.check()));
     let call = cohort_client::Call {
         agent: agent.clone(),
         action: "runcommand".to_owned(),
@@ -142,7 +158,7 @@ async fn run_check(
         })
         .collect();
     let tally = Tally {
-        check: flags.check.clone(),
+        check: flags.check().to_owned(),
         results,
         no_response: stats.no_responses.iter().map(ToString::to_string).collect(),
         elapsed: started.elapsed(),
@@ -184,11 +200,8 @@ fn node_json(reply: &cohort_client::NodeReply) -> Value {
 
 pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let settings = args.flags.common.settings()?;
-    let method = args
-        .flags
-        .common
-        .discovery
-        .method(&args.flags.filter.build()?, &settings.config.collective)?;
+    let method =
+        args.flags.common.discovery.method(&args.flags.filter()?, &settings.config.collective)?;
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
     let show_bar = io.err_tty && !args.no_progress && !args.json && !args.jsonl;
     let mut lines = Vec::new();
@@ -286,7 +299,7 @@ pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<Exit
 
 /// The plugin: always one Nagios result on stdout and exit 0-3, whatever happens.
 pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
-    let check = args.flags.check.clone();
+    let check = args.flags.check().to_owned();
     let unknown = |reason: String| {
         // A plugin's first line is all a pager shows: keep it to one line.
         println!("{check}: UNKNOWN: {}", reason.replace('\n', " "));
@@ -310,7 +323,7 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         + settings.config.discovery_timeout
         + check_timeout(&settings)
         + Duration::from_secs(2);
-    let method = match args.flags.filter.build().and_then(|filter| {
+    let method = match args.flags.filter().and_then(|filter| {
         args.flags.common.discovery.method_without_stdin(&filter, &settings.config.collective)
     }) {
         Ok(method) => method,

@@ -108,8 +108,21 @@ fn client_runtime(command: ClientCommand) -> anyhow::Result<ExitCode> {
     output::Io::with_std(|io| runtime.block_on(run_client(command, io)))
 }
 
+/// The command line, parsed under the name the binary was invoked as: `mco` (a symlink, for
+/// MCollective operators' muscle memory and scripts: `mco ping`, `mco rpc`, ...) or `cohort`.
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let invoked = std::env::args_os().next().map(std::path::PathBuf::from);
+    let name = invoked.as_deref().and_then(std::path::Path::file_name);
+    if name.is_some_and(|name| name == "mco") {
+        let matches = Cli::command().name("mco").bin_name("mco").try_get_matches()?;
+        return Cli::from_arg_matches(&matches);
+    }
+    Cli::try_parse()
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         // A Nagios plugin must exit 3 (UNKNOWN) on bad arguments, with one line saying why;
         // clap's exit code 2 would read as CRITICAL.

@@ -72,6 +72,13 @@ pub(crate) struct FilterFlags {
 }
 
 impl FilterFlags {
+    /// These flags with `statements` added to `-W` (each a fact statement or a class).
+    pub(crate) fn with_statements(&self, statements: &[String]) -> FilterFlags {
+        let mut flags = self.clone();
+        flags.with.extend(statements.iter().cloned());
+        flags
+    }
+
     pub(crate) fn build(&self) -> anyhow::Result<cohort_proto::Filter> {
         let args = FilterArgs {
             with: self.with.clone(),

@@ -265,3 +265,38 @@ fn operators_mean_the_same_in_every_filter() {
         }
     }
 }
+
+#[test]
+fn invoked_as_mco_the_client_commands_work_with_the_same_options() {
+    let fleet = Fleet::start(BrokerKind::Cohort, NODES);
+    let mco = fleet.dir.path().join("mco");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cohort"), &mco).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&mco)
+            .args(args)
+            .arg("-c")
+            .arg(&fleet.client_config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let output = run(&["ping"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).matches(" time=").count(), NODES.len(), "{}", stdout(&output));
+    let output = run(&["find", "-F", "country=uk"]);
+    assert_eq!(lines(&output), ["four.example.com", "one.example.com"], "{}", stderr(&output));
+    let output = run(&["rpc", "rpcutil", "ping", "-W", "role::app", "--np"]);
+    assert!(stdout(&output).contains("Finished processing 2 / 2 hosts"), "{}", stdout(&output));
+    let output = run(&["facts", "country"]);
+    let text = stdout(&output);
+    assert!(text.contains("Report for fact: country") && text.contains("found 2 times"), "{text}");
+    let output = run(&["inventory", "two.example.com"]);
+    assert!(stdout(&output).contains("Inventory for two.example.com:"), "{}", stderr(&output));
+    // The node has the nrpe agent but no such command: every node answers UNKNOWN.
+    let output = run(&["nrpe", "check_nothing", "--np"]);
+    assert!(stdout(&output).contains("check_nothing NRPE results"), "{}", stdout(&output));
+    // Messages name the command as it was invoked.
+    let output = Command::new(&mco).arg("--help").output().unwrap();
+    assert!(stdout(&output).contains("Usage: mco"), "{}", stdout(&output));
+}

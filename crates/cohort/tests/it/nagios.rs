@@ -290,6 +290,19 @@ fn nagios_aggregation_end_to_end() {
     let (lines, _) = plugin(&fleet, &["-C", "bacula::node", "check_state"]);
     first_line(&lines, "check_state", [11, 1, 0, 0], 0);
 
+    // check-mc-nrpe's own service definition, `check-mc-nrpe --config FILE -W $ARG1$ $ARG2$`
+    // with `check_mc_nrpe!puppet_enabled=1 country=us!check_load`: Nagios splits $ARG1$ into
+    // words before the check name, and they extend -W. The quoted form means the same.
+    let (split, code) =
+        plugin(&fleet, &["-W", "puppet_enabled=1", "country=us", "bacula::node", "check_state"]);
+    assert_eq!(code, 0, "{split:?}");
+    let (quoted, _) =
+        plugin(&fleet, &["-W", "puppet_enabled=1 country=us bacula::node", "check_state"]);
+    let headline = |lines: &[String]| lines[0].split_once('|').unwrap().0.to_owned();
+    assert_eq!(headline(&split), headline(&quoted));
+    let (all_us, _) = plugin(&fleet, &["-F", "country=us", "check_state"]);
+    assert_ne!(headline(&split), headline(&all_us), "the extra words did not narrow the filter");
+
     // Exit 7, a hang past the timeout, a missing plugin: UNKNOWN, with the reason in the data.
     let (lines, code) = plugin(&fleet, &["-I", "node01.example.net", "check_seven"]);
     first_line(&lines, "check_seven", [0, 0, 0, 1], 0);
