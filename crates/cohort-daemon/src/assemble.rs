@@ -122,7 +122,11 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
             Identity::new(fqdn).map_err(|_| AssembleError::Identity(fqdn.to_owned()))?
         }
     };
+    // Without a classes file named, Puppet's own `classes.txt`, as MCollective read it.
+    let stock_classes =
+        config.puppet_state_dirs.iter().map(|dir| dir.join("classes.txt")).collect();
     let mut facts = FactSource::new(core, config.facts.clone(), config.classes.clone())
+        .with_default_classes(stock_classes)
         .with_puppet(config.puppet_state_dirs.clone());
     if let Err(errors) = facts.refresh() {
         return Err(AssembleError::Facts(errors.iter().map(ToString::to_string).collect()));

@@ -234,10 +234,12 @@ pub const PUPPET_STATE_DIRS: [&str; 3] =
 /// `puppet_enabled` and friends, from the first Puppet state directory that exists:
 ///
 /// - `puppet_enabled`: `0` when the agent is disabled (`agent_disabled.lock` exists, as
-///   `puppet agent --disable` writes it), else `1`;
+///   `puppet agent --disable` writes it; or, on Puppet 0.25-2.7, `puppetdlock` exists and is
+///   empty, as the original fact read it), else `1`;
 /// - `puppet_disabled_message`: the reason given to `--disable` (Puppet 7 writes
 ///   `{"disabled_message": "..."}`), when disabled;
-/// - `puppet_running`: `1` while a catalog run holds `agent_catalog_run.lock`, else `0`;
+/// - `puppet_running`: `1` while a catalog run holds `agent_catalog_run.lock`, or an old
+///   agent's `puppetdlock` holds the pid of a live process, else `0`;
 /// - `puppet_state_dir`: the directory used.
 ///
 /// No fact at all when no state directory exists: a node without Puppet is not "enabled".
@@ -245,7 +247,14 @@ pub fn puppet_facts(state_dirs: &[PathBuf]) -> Map<String, Value> {
     let mut facts = Map::new();
     let Some(dir) = state_dirs.iter().find(|dir| dir.is_dir()) else { return facts };
     let lock = dir.join("agent_disabled.lock");
-    let disabled = lock.exists();
+    // Puppet 0.25-2.7: one lock file, empty when disabled, the agent's pid while it runs.
+    let old_lock = std::fs::read_to_string(dir.join("puppetdlock")).ok();
+    let old_disabled = old_lock.as_deref().is_some_and(|text| text.trim().is_empty());
+    let old_running = old_lock
+        .as_deref()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let disabled = lock.exists() || old_disabled;
     facts.insert("puppet_enabled".into(), Value::from(if disabled { "0" } else { "1" }));
     if disabled {
         let message = std::fs::read_to_string(&lock)
@@ -257,7 +266,7 @@ pub fn puppet_facts(state_dirs: &[PathBuf]) -> Map<String, Value> {
             .unwrap_or_default();
         facts.insert("puppet_disabled_message".into(), Value::from(message));
     }
-    let running = dir.join("agent_catalog_run.lock").exists();
+    let running = dir.join("agent_catalog_run.lock").exists() || old_running;
     facts.insert("puppet_running".into(), Value::from(if running { "1" } else { "0" }));
     facts.insert("puppet_state_dir".into(), Value::from(dir.display().to_string()));
     facts
@@ -270,6 +279,8 @@ pub struct FactSource {
     core: Map<String, Value>,
     files: Vec<PathBuf>,
     classes: Option<PathBuf>,
+    /// Where to look for a classes file when none is named, first existing wins.
+    default_classes: Vec<PathBuf>,
     puppet_state_dirs: Vec<PathBuf>,
     seen: Vec<Option<(SystemTime, u64)>>,
     current: Facts,
@@ -291,10 +302,19 @@ impl FactSource {
             core,
             files,
             classes,
+            default_classes: Vec::new(),
             puppet_state_dirs: Vec::new(),
             seen: Vec::new(),
             current: Facts::default(),
         }
+    }
+
+    /// Without a named classes file, reads the first of `candidates` that exists (Puppet's
+    /// `classes.txt` in its state directories, as MCollective did), looked for at every
+    /// refresh so a first Puppet run is noticed.
+    pub fn with_default_classes(mut self, candidates: Vec<PathBuf>) -> FactSource {
+        self.default_classes = candidates;
+        self
     }
 
     /// Also derives the `puppet_*` facts from these state directories, re-checked with the
@@ -317,13 +337,19 @@ impl FactSource {
             .puppet_state_dirs
             .iter()
             .flat_map(|dir| {
-                [dir.clone(), dir.join("agent_disabled.lock"), dir.join("agent_catalog_run.lock")]
+                [
+                    dir.clone(),
+                    dir.join("agent_disabled.lock"),
+                    dir.join("agent_catalog_run.lock"),
+                    dir.join("puppetdlock"),
+                ]
             })
             .collect();
         let stamps: Vec<Option<(SystemTime, u64)>> = self
             .files
             .iter()
             .chain(self.classes.iter())
+            .chain(self.default_classes.iter())
             .chain(locks.iter())
             .map(|path| stamp(path))
             .collect();
@@ -344,7 +370,10 @@ impl FactSource {
                 }
             }
         }
-        let classes = match &self.classes {
+        let named = self.classes.clone();
+        let classes_file =
+            named.or_else(|| self.default_classes.iter().find(|path| path.is_file()).cloned());
+        let classes = match &classes_file {
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(text) => parse_classes(&text),
                 Err(err) => {
@@ -421,6 +450,57 @@ mod tests {
         std::fs::remove_file(state.join("agent_disabled.lock")).unwrap();
         assert!(source.refresh().unwrap(), "enabling Puppet is noticed");
         assert_eq!(source.current().facts["puppet_enabled"], "1");
+    }
+
+    #[test]
+    fn the_first_stock_classes_file_is_read_when_none_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let puppet7 = dir.path().join("opt/state/classes.txt");
+        let old = dir.path().join("var/lib/puppet/state/classes.txt");
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, "pki\nbacula::node\n").unwrap();
+        let mut source = FactSource::new(Map::new(), Vec::new(), None)
+            .with_default_classes(vec![puppet7.clone(), old.clone()]);
+        source.refresh().unwrap();
+        assert_eq!(source.current().classes, ["pki", "bacula::node"]);
+        // Puppet 7's file appears (a first run): it comes first.
+        std::fs::create_dir_all(puppet7.parent().unwrap()).unwrap();
+        std::fs::write(&puppet7, "role::web\n").unwrap();
+        assert!(source.refresh().unwrap());
+        assert_eq!(source.current().classes, ["role::web"]);
+        // A named file wins over the defaults.
+        let mut named = FactSource::new(Map::new(), Vec::new(), Some(old.clone()))
+            .with_default_classes(vec![puppet7]);
+        named.refresh().unwrap();
+        assert_eq!(named.current().classes, ["pki", "bacula::node"]);
+    }
+
+    #[test]
+    fn old_puppetdlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_owned()];
+        let lock = dir.path().join("puppetdlock");
+        // Empty: `puppetd --disable` on Puppet 0.25-2.7.
+        std::fs::write(&lock, "").unwrap();
+        let facts = puppet_facts(&dirs);
+        assert_eq!(
+            (facts["puppet_enabled"].as_str(), facts["puppet_running"].as_str()),
+            (Some("0"), Some("0"))
+        );
+        // A live pid: a run in progress, enabled.
+        std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+        let facts = puppet_facts(&dirs);
+        assert_eq!(
+            (facts["puppet_enabled"].as_str(), facts["puppet_running"].as_str()),
+            (Some("1"), Some("1"))
+        );
+        // A stale pid: neither.
+        std::fs::write(&lock, "4194305\n").unwrap();
+        let facts = puppet_facts(&dirs);
+        assert_eq!(
+            (facts["puppet_enabled"].as_str(), facts["puppet_running"].as_str()),
+            (Some("1"), Some("0"))
+        );
     }
 
     #[test]
