@@ -164,6 +164,64 @@ fn join_url(base: &str, name: &str) -> String {
     url
 }
 
+/// Where an action list and its scripts are.
+#[derive(Debug, PartialEq, Eq)]
+enum ListAt {
+    /// The list at `list`, the scripts under `base`.
+    Known {
+        /// The list's URL.
+        list: String,
+        /// The scripts' directory URL.
+        base: String,
+    },
+    /// `url` names a directory (the list is `url/list.txt`) or the list itself: the first is
+    /// tried, and on "not found" the second.
+    Either {
+        /// `url/list.txt`, scripts under `url`.
+        in_dir: (String, String),
+        /// `url` itself, scripts beside it.
+        as_file: (String, String),
+    },
+}
+
+/// Where the list is: `url/<list>` with `list:`; `url/list.txt` when the path ends in `/`; the
+/// file `url` names when its last segment has an extension (the original documentation's
+/// `url: http://your.net/path/to/actions/list.txt`); otherwise either, directory first. The
+/// query string stays on every URL.
+fn list_at(url: &str, list: Option<&str>) -> ListAt {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    let known = |list: String| ListAt::Known { list, base: url.to_owned() };
+    if let Some(list) = list {
+        return known(join_url(url, list));
+    }
+    if path.ends_with('/') {
+        return known(join_url(url, "list.txt"));
+    }
+    let beside = (url.to_owned(), parent_url(url));
+    let last = path.rsplit('/').next().unwrap_or_default();
+    if last.contains('.') {
+        return ListAt::Known { list: beside.0, base: beside.1 };
+    }
+    ListAt::Either { in_dir: (join_url(url, "list.txt"), url.to_owned()), as_file: beside }
+}
+
+/// The directory of the file `url` names, with its query: `http://h/a/list.txt?q` →
+/// `http://h/a/?q`.
+fn parent_url(url: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (url, None),
+    };
+    let dir = match path.rfind('/') {
+        Some(at) => &path[..=at],
+        None => path,
+    };
+    match query {
+        Some(query) => format!("{dir}?{query}"),
+        None => dir.to_owned(),
+    }
+}
+
 /// One entry of `list.txt`: `name` or `name sha256:<hex>`.
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
@@ -209,10 +267,21 @@ fn parse_list(text: &str) -> Result<Vec<Entry>, String> {
 
 async fn getactions(ctx: &Context<'_>, action: &Action) -> Result<String, String> {
     let url = required(action, "url")?;
-    let list_name = string_param(action, "list")?.unwrap_or_else(|| "list.txt".to_owned());
-    let list_url = join_url(&url, &list_name);
-    crate::log::info(&format!("fetching action list {list_url}"));
-    let list = ctx.http.get(&list_url).await.map_err(|err| err.to_string())?;
+    let list_name = string_param(action, "list")?;
+    let fetch = |list_url: String| async move {
+        crate::log::info(&format!("fetching action list {list_url}"));
+        ctx.http.get(&list_url).await
+    };
+    let (list, base) = match list_at(&url, list_name.as_deref()) {
+        ListAt::Known { list, base } => (fetch(list).await.map_err(|err| err.to_string())?, base),
+        ListAt::Either { in_dir, as_file } => match fetch(in_dir.0).await {
+            Ok(list) => (list, in_dir.1),
+            Err(crate::http::FetchError::NotFound { .. }) => {
+                (fetch(as_file.0).await.map_err(|err| err.to_string())?, as_file.1)
+            }
+            Err(err) => return Err(err.to_string()),
+        },
+    };
     let entries = parse_list(&String::from_utf8_lossy(&list))?;
     if ctx.require_checksums
         && let Some(entry) = entries.iter().find(|e| e.sha256.is_none())
@@ -222,7 +291,7 @@ async fn getactions(ctx: &Context<'_>, action: &Action) -> Result<String, String
     // Everything is fetched and verified before anything is installed: a bad list installs nothing.
     let mut fetched = Vec::new();
     for entry in &entries {
-        let script_url = join_url(&url, &entry.name);
+        let script_url = join_url(&base, &entry.name);
         let body = ctx.http.get(&script_url).await.map_err(|err| err.to_string())?;
         if let Some(want) = &entry.sha256 {
             let got = hex::encode(Sha256::digest(&body));
@@ -390,6 +459,25 @@ mod tests {
 
     #[test]
     fn urls_keep_query_strings() {
+        let known = |list: &str, base: &str| ListAt::Known { list: list.into(), base: base.into() };
+        // The original documentation's form: the URL names the list file.
+        assert_eq!(
+            list_at("http://your.net/path/to/actions/list.txt", None),
+            known("http://your.net/path/to/actions/list.txt", "http://your.net/path/to/actions/")
+        );
+        assert_eq!(
+            list_at("https://h/a/list.txt?sig=x", None),
+            known("https://h/a/list.txt?sig=x", "https://h/a/?sig=x")
+        );
+        assert_eq!(list_at("http://h/a/", None), known("http://h/a/list.txt", "http://h/a/"));
+        assert_eq!(list_at("http://h/a", Some("l.txt")), known("http://h/a/l.txt", "http://h/a"));
+        assert_eq!(
+            list_at("http://h/a?s=1", None),
+            ListAt::Either {
+                in_dir: ("http://h/a/list.txt?s=1".into(), "http://h/a?s=1".into()),
+                as_file: ("http://h/a?s=1".into(), "http://h/?s=1".into()),
+            }
+        );
         assert_eq!(join_url("http://h/actions", "list.txt"), "http://h/actions/list.txt");
         assert_eq!(join_url("http://h/actions/", "list.txt"), "http://h/actions/list.txt");
         assert_eq!(join_url("https://h/a?sig=x&e=1", "list.txt"), "https://h/a/list.txt?sig=x&e=1");

@@ -336,6 +336,30 @@ fn gzip_user_data_and_original_format() {
 }
 
 #[test]
+fn the_original_documentations_user_data_with_a_list_file_url() {
+    // ec2-boot-init's documented example, as written there but for the host and the file the
+    // shell action writes (kept under the test's root).
+    let root = tempfile::tempdir().unwrap();
+    let imds = Imds::start(Behaviour::default());
+    imds.change(|b| {
+        b.files.insert("path/to/actions/list.txt".into(), b"hello\n".to_vec());
+        b.files.insert("path/to/actions/hello".into(), HELLO.as_bytes().to_vec());
+    });
+    let user_data = format!(
+        "---\n:facts:\n  role: webserver\n:actions:\n- :url: {}/actions/path/to/actions/list.txt\n  :type: :getactions\n- :type: :shell\n  :command: date > \"$COHORT_BOOT_ROOT/test\"\n",
+        imds.url()
+    );
+    imds.change(|b| b.user_data = Some(user_data.into_bytes()));
+    let output = boot(root.path(), &imds, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    // The list was the file the URL names, and its script came from beside it.
+    assert_eq!(read(root.path(), "/etc/cohort/boot/actions/hello"), HELLO);
+    let date = read(root.path(), "/test");
+    assert!(date.trim().len() > 10 && date.chars().any(|c| c.is_ascii_digit()), "{date:?}");
+    assert!(read(root.path(), "/etc/facts.txt").starts_with("role=webserver\n"));
+}
+
+#[test]
 fn nocloud_seed() {
     let root = tempfile::tempdir().unwrap();
     let seed = root.path().join("var/lib/cloud/seed/nocloud");
