@@ -40,7 +40,9 @@ pub struct Config {
     /// How long shutdown waits for running actions.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// NRPE configuration files the nrpe agent reads (includes followed).
+    /// NRPE configuration files and directories (every `*.cfg`) the nrpe agent reads, includes
+    /// followed; empty: the stock places that exist (`/etc/nagios/nrpe.cfg`,
+    /// `/etc/nagios/nrpe.d/`, and the other distributions' usual ones).
     pub nrpe_config: Vec<PathBuf>,
     /// How long one NRPE check may run.
     #[serde(with = "humantime_serde")]
@@ -134,7 +136,7 @@ impl Default for Config {
             max_agent_output: 1024 * 1024,
             clock_skew: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
-            nrpe_config: vec![PathBuf::from("/etc/nagios/nrpe.cfg")],
+            nrpe_config: Vec::new(),
             nrpe_timeout: Duration::from_secs(60),
             nrpe_allow_arguments: false,
             puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),

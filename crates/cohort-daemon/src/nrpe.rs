@@ -22,7 +22,8 @@ use crate::agent::{ActionRequest, Agent, CallFuture, Context, Outcome};
 /// How the nrpe agent finds and runs checks.
 #[derive(Debug, Clone)]
 pub struct NrpeSettings {
-    /// NRPE configuration files, read in order (includes followed).
+    /// NRPE configuration files and directories, read in order (includes followed); empty
+    /// reads the stock places (`cohort_nagios::nrpe::STOCK`) that exist.
     pub config: Vec<PathBuf>,
     /// How long one check may run.
     pub timeout: Duration,
@@ -32,9 +33,8 @@ pub struct NrpeSettings {
 
 impl Default for NrpeSettings {
     fn default() -> NrpeSettings {
-        // Debian's nrpe.cfg, which includes nrpe_local.cfg and nrpe.d/.
         NrpeSettings {
-            config: vec![PathBuf::from("/etc/nagios/nrpe.cfg")],
+            config: Vec::new(),
             timeout: Duration::from_secs(60),
             allow_arguments: false,
         }
@@ -71,8 +71,14 @@ impl Agent for Nrpe {
                     let loaded = cohort_nagios::nrpe::load(&self.settings.config);
                     let commands: Map<String, Value> =
                         loaded.commands.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+                    let sources: Map<String, Value> = loaded
+                        .sources
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::from(v.display().to_string())))
+                        .collect();
                     let mut data = Map::new();
                     data.insert("commands".into(), Value::Object(commands));
+                    data.insert("sources".into(), Value::Object(sources));
                     Outcome::ok(data)
                 }
                 other => Outcome::fail(

@@ -3,15 +3,35 @@
 //! name winning; `include=FILE` (or `include_file=`) is read in place; `include_dir=DIR` reads
 //! every `*.cfg` below DIR, recursively, here in name order so the result does not depend on the
 //! file system's. Other keys are NRPE's own and ignored.
+//!
+//! A configured path may be a file or a directory (read like `include_dir`). Without one, the
+//! stock places are read ([`STOCK`]: the usual `nrpe.cfg` and `nrpe.d/` of Debian, Red Hat and
+//! source installs), those that exist, so a machine with one file per check under
+//! `/etc/nagios/nrpe.d/` and no NRPE daemon at all works. A file is read once however often it
+//! is included or listed, at its first place in that order.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Where NRPE's configuration usually is, in the order read when none is configured.
+pub const STOCK: [&str; 6] = [
+    "/etc/nagios/nrpe.cfg",
+    "/etc/nagios/nrpe.d",
+    "/etc/nrpe.cfg",
+    "/etc/nrpe.d",
+    "/usr/local/nagios/etc/nrpe.cfg",
+    "/usr/local/etc/nrpe.cfg",
+];
 
 /// Commands by name, and where each was defined.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commands {
     /// Command line by check name.
     pub commands: BTreeMap<String, String>,
+    /// The file that defined each command (its last definition).
+    pub sources: BTreeMap<String, PathBuf>,
+    /// Files read, so none is read twice.
+    read: Vec<PathBuf>,
     /// Problems met on the way (unreadable includes, malformed lines); reading goes on past them,
     /// as NRPE's does.
     pub warnings: Vec<String>,
@@ -20,18 +40,33 @@ pub struct Commands {
 /// Include depth beyond which a cycle is assumed.
 const MAX_DEPTH: usize = 16;
 
-/// Reads the configuration files in order (later definitions win across files too).
-pub fn load(files: &[PathBuf]) -> Commands {
+/// Reads the configuration files and directories in order (later definitions win across files
+/// too); with none, the [`STOCK`] places that exist.
+pub fn load(paths: &[PathBuf]) -> Commands {
     let mut commands = Commands::default();
-    for file in files {
-        read_file(file, 0, &mut commands);
+    if paths.is_empty() {
+        for path in STOCK.iter().map(Path::new).filter(|path| path.exists()) {
+            read_path(path, &mut commands);
+        }
+        return commands;
+    }
+    for path in paths {
+        read_path(path, &mut commands);
     }
     commands
+}
+
+fn read_path(path: &Path, out: &mut Commands) {
+    if path.is_dir() { read_dir(path, 0, out) } else { read_file(path, 0, out) }
 }
 
 fn read_file(path: &Path, depth: usize, out: &mut Commands) {
     if depth > MAX_DEPTH {
         out.warnings.push(format!("{}: includes nested too deep (a cycle?)", path.display()));
+        return;
+    }
+    let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    if out.read.contains(&identity) {
         return;
     }
     let text = match std::fs::read_to_string(path) {
@@ -41,6 +76,7 @@ fn read_file(path: &Path, depth: usize, out: &mut Commands) {
             return;
         }
     };
+    out.read.push(identity);
     for (idx, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -61,6 +97,7 @@ fn read_file(path: &Path, depth: usize, out: &mut Commands) {
                 continue;
             }
             out.commands.insert(name.to_owned(), value.to_owned());
+            out.sources.insert(name.to_owned(), path.to_owned());
             continue;
         }
         match key {
@@ -155,10 +192,39 @@ mod tests {
         assert_eq!(loaded.commands["check_c"], "/bin/c");
         assert_eq!(loaded.commands["check_d"], "/bin/d $ARG1$");
         assert!(!loaded.commands.contains_key("check_x"));
+        assert_eq!(loaded.sources["check_b"], dir.join("nrpe.d/10-b.cfg"));
         assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+        // The directory listed after the file that includes it: read once, in its first place,
+        // so nrpe.cfg's own later lines still win as in NRPE.
+        std::fs::write(dir.join("main.cfg"), "include_dir=nrpe.d\ncommand[check_b]=/bin/b last\n")
+            .unwrap();
+        let twice = load(&[dir.join("main.cfg"), dir.join("nrpe.d")]);
+        assert_eq!(twice.commands["check_b"], "/bin/b last");
+        assert_eq!(twice.sources["check_b"], dir.join("main.cfg"));
         std::fs::write(dir.join("loop.cfg"), "include=loop.cfg\n").unwrap();
-        assert!(load(&[dir.join("loop.cfg")]).warnings.iter().any(|w| w.contains("too deep")));
+        // A file including itself is read once: no loop, nothing defined, nothing wrong.
+        let looped = load(&[dir.join("loop.cfg")]);
+        assert!(looped.commands.is_empty() && looped.warnings.is_empty(), "{looped:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_of_check_files_without_nrpe_cfg() {
+        let dir = tempfile::tempdir().unwrap();
+        let nrpe_d = dir.path().join("nrpe.d");
+        std::fs::create_dir_all(&nrpe_d).unwrap();
+        // The original layout: one file per check.
+        std::fs::write(
+            nrpe_d.join("check_puppet_run.cfg"),
+            "command[check_puppet_run]=/usr/lib/nagios/plugins/check_file_age -f /var/lib/puppet/state/state.yaml -w 5400 -c 7200\n",
+        )
+        .unwrap();
+        std::fs::write(nrpe_d.join("check_load.cfg"), "command[check_load]=/bin/load\n").unwrap();
+        let loaded = load(std::slice::from_ref(&nrpe_d));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.commands.len(), 2);
+        assert!(loaded.commands["check_puppet_run"].contains("check_file_age"));
+        assert_eq!(loaded.sources["check_load"], nrpe_d.join("check_load.cfg"));
     }
 
     #[test]

@@ -71,24 +71,37 @@ impl Fleet {
                 _ => 0,
             };
             let nrpe_d = home.join("nrpe.d");
-            // The main file defines check_state too; nrpe.d, read later, wins.
-            write(
-                &home.join("nrpe.cfg"),
-                &format!("command[check_state]=/bin/false\ninclude_dir={}/\n", nrpe_d.display()),
+            let checks = format!(
+                "command[check_state]={p}/check_dummy {state} \"node {idx} says {state}\"\n\
+                 command[check_age]={p}/check_file_age -w 600 -c 1200 -f {stamp}\n\
+                 command[check_load]={p}/check_load -w 1000,1000,1000 -c 2000,2000,2000\n\
+                 command[check_seven]=echo odd; exit 7\n\
+                 command[check_hang]=/bin/sleep 30\n\
+                 command[check_missing]={p}/check_does_not_exist\n",
+                p = plugins.display(),
+                stamp = home.join("stamp").display(),
             );
-            write(
-                &nrpe_d.join("10-checks.cfg"),
-                &format!(
-                    "command[check_state]={p}/check_dummy {state} \"node {idx} says {state}\"\n\
-                     command[check_age]={p}/check_file_age -w 600 -c 1200 -f {stamp}\n\
-                     command[check_load]={p}/check_load -w 1000,1000,1000 -c 2000,2000,2000\n\
-                     command[check_seven]=echo odd; exit 7\n\
-                     command[check_hang]=/bin/sleep 30\n\
-                     command[check_missing]={p}/check_does_not_exist\n",
-                    p = plugins.display(),
-                    stamp = home.join("stamp").display(),
-                ),
-            );
+            let nrpe_config = if idx % 2 == 0 {
+                // NRPE's own layout: the main file defines check_state too; nrpe.d, read
+                // later, wins.
+                write(
+                    &home.join("nrpe.cfg"),
+                    &format!(
+                        "command[check_state]=/bin/false\ninclude_dir={}/\n",
+                        nrpe_d.display()
+                    ),
+                );
+                write(&nrpe_d.join("10-checks.cfg"), &checks);
+                home.join("nrpe.cfg")
+            } else {
+                // The original collective's layout: one file per check under nrpe.d, no nrpe.cfg
+                // and no NRPE daemon.
+                for line in checks.lines() {
+                    let name = line.split(['[', ']']).nth(1).unwrap();
+                    write(&nrpe_d.join(format!("{name}.cfg")), &format!("{line}\n"));
+                }
+                nrpe_d.clone()
+            };
             age(
                 &home.join("stamp"),
                 match idx {
@@ -99,7 +112,10 @@ impl Fleet {
             );
             let puppet = home.join("puppet-state");
             std::fs::create_dir_all(&puppet).unwrap();
-            if idx % 5 == 0 {
+            if idx % 10 == 5 {
+                // Puppet 0.25-2.7: an empty puppetdlock means disabled.
+                write(&puppet.join("puppetdlock"), "");
+            } else if idx % 5 == 0 {
                 write(
                     &puppet.join("agent_disabled.lock"),
                     r#"{"disabled_message":"upgrade in progress"}"#,
@@ -114,7 +130,7 @@ impl Fleet {
             source.refresh().unwrap();
             let settings = AgentSettings {
                 nrpe: NrpeSettings {
-                    config: vec![home.join("nrpe.cfg")],
+                    config: vec![nrpe_config],
                     timeout: Duration::from_secs(2),
                     allow_arguments: false,
                 },
