@@ -67,6 +67,33 @@ pub fn simulated_node(idx: u32, rng: &mut impl Rng) -> (Identity, Facts) {
     (identity, Facts { facts, classes })
 }
 
+/// The NRPE checks of simulated node `idx`, as NRPE configuration lines: `check_puppet_run`
+/// (the seed's headline check, WARNING on about one node in 23 and CRITICAL on one in 37) and
+/// `check_load` (always OK). Plain `sh`, so they run without any Nagios plugin installed.
+pub fn nrpe_checks(idx: u32) -> String {
+    let (code, state, minutes) = if idx % 37 == 11 {
+        (2, "CRITICAL", 190)
+    } else if idx % 23 == 7 {
+        (1, "WARNING", 95)
+    } else {
+        (0, "OK", 5 + idx % 50)
+    };
+    let age = minutes * 60;
+    format!(
+        "command[check_puppet_run]=echo '{state}: last Puppet run {minutes} minutes ago|age={age}s;5400;7200;0'; exit {code}\n\
+         command[check_load]=echo 'OK - load average: 0.12, 0.10, 0.05|load1=0.12;15;30;0'; exit 0\n"
+    )
+}
+
+/// Writes `<dir>/<identity>.cfg` with [`nrpe_checks`] for each node of the plan.
+pub fn write_nrpe_checks(dir: &std::path::Path, count: u32, seed: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (idx, (identity, _)) in (0..).zip(plan(count, seed)) {
+        std::fs::write(dir.join(format!("{identity}.cfg")), nrpe_checks(idx))?;
+    }
+    Ok(())
+}
+
 /// DDL of the `bench` agent simulated nodes host, for payload-size benchmarks.
 const BENCH_DDL: &str = r#"{
   "metadata": {"name": "bench", "description": "Benchmark helpers on simulated nodes", "author": "Cohort", "license": "Apache-2.0", "version": "1.0.0", "url": "", "timeout": 10},
@@ -161,12 +188,14 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `count` nodes connected to `url`, secure when `security` is given.
+    /// Starts `count` nodes connected to `url`, secure when `security` is given; with `nrpe`,
+    /// each node's NRPE configuration is `<nrpe>/<identity>.cfg` ([`write_nrpe_checks`]).
     pub async fn start(
         url: &str,
         count: u32,
         seed: u64,
         security: Option<&FleetSecurity>,
+        nrpe: Option<&std::path::Path>,
     ) -> Result<Fleet, async_nats::ConnectError> {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
         let collective =
@@ -189,7 +218,11 @@ impl Fleet {
                 vec![collective.clone()],
                 facts,
                 {
-                    let mut agents = builtin_agents(&AgentSettings::default());
+                    let mut settings = AgentSettings::default();
+                    if let Some(dir) = nrpe {
+                        settings.nrpe.config = vec![dir.join(format!("{identity}.cfg"))];
+                    }
+                    let mut agents = builtin_agents(&settings);
                     if let Some(bench) = BenchAgent::new() {
                         agents.push(Arc::new(bench));
                     }

@@ -300,9 +300,24 @@ pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<Exit
 /// The plugin: always one Nagios result on stdout and exit 0-3, whatever happens.
 pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
     let check = args.flags.check().to_owned();
-    let unknown = |reason: String| {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            println!("{check}: UNKNOWN: cannot start: {err}");
+            return ExitCode::from(3);
+        }
+    };
+    let mut stdout = std::io::stdout();
+    runtime.block_on(plugin(args, &mut stdout))
+}
+
+/// The plugin's work on an async runtime, writing its result to `out` (the demo's tour runs
+/// it in-process).
+pub(crate) async fn plugin(args: NagiosArgs, out: &mut dyn std::io::Write) -> ExitCode {
+    let check = args.flags.check().to_owned();
+    let mut unknown = |reason: String| {
         // A plugin's first line is all a pager shows: keep it to one line.
-        println!("{check}: UNKNOWN: {}", reason.replace('\n', " "));
+        let _ = writeln!(out, "{check}: UNKNOWN: {}", reason.replace('\n', " "));
         ExitCode::from(3)
     };
     let settings = match args.flags.common.settings() {
@@ -313,10 +328,6 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         no_response_state: State::parse(&args.no_response_state).unwrap_or(State::Unknown),
         min_nodes: args.min_nodes,
         min_nodes_state: State::parse(&args.min_nodes_state).unwrap_or(State::Unknown),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => return unknown(format!("cannot start: {err}")),
     };
     // Everything, connecting included, must end before Nagios' own timeout would fire.
     let budget = settings.config.connect_timeout
@@ -329,10 +340,9 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         Ok(method) => method,
         Err(err) => return unknown(format!("{err:#}")),
     };
-    let ran = runtime.block_on(async {
+    let ran =
         tokio::time::timeout(budget, run_check(&args.flags, &settings, method, |_| {}, |_| {}))
-            .await
-    });
+            .await;
     let ran = match ran {
         Ok(Ok(ran)) => ran,
         Ok(Err(err)) => return unknown(format!("{err:#}")),
@@ -344,6 +354,8 @@ pub(crate) fn nagios(args: NagiosArgs) -> ExitCode {
         return unknown(format!("{err:#}"));
     }
     let (text, code) = cohort_nagios::fleet::render_plugin(&ran.tally, &judgement);
-    print!("{text}");
+    if write!(out, "{text}").is_err() {
+        return ExitCode::from(3);
+    }
     ExitCode::from(code)
 }

@@ -5,7 +5,9 @@
 //!
 //! Security is on, as in production, with throwaway keys in a temporary directory: an issuer,
 //! a client credential, a node credential per simulated node, TLS with a fresh CA, and broker
-//! role permissions. Nothing outside the temporary directory is touched.
+//! role permissions. Each simulated node has NRPE checks (`check_puppet_run`, WARNING or
+//! CRITICAL on a few nodes, and `check_load`) for the tour's fleet check. Nothing outside the
+//! temporary directory is touched.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -87,7 +89,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "Starting {} simulated nodes on the embedded broker at {url} (TLS, signed requests, broker permissions) ...",
             args.nodes
         );
-        let fleet = Fleet::start(&url, args.nodes, SEED, Some(&secure.fleet)).await?;
+        let nrpe = secure.dir.join("nrpe.d");
+        cohort_daemon::sim::write_nrpe_checks(&nrpe, args.nodes, SEED)
+            .with_context(|| format!("cannot write the simulated nodes' checks in {}", nrpe.display()))?;
+        let fleet = Fleet::start(&url, args.nodes, SEED, Some(&secure.fleet), Some(&nrpe)).await?;
         wait_for_fleet(&client_config, args.nodes).await?;
         eprintln!("Fleet of {} nodes up in {:.1} s.\n", args.nodes, started.elapsed().as_secs_f64());
         let config_arg = client_config.display().to_string();
@@ -111,6 +116,22 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                         &url,
                         "cohort rpc rpcutil get_fact fact=os.name -C role::web",
                         &["rpc", "rpcutil", "get_fact", "fact=os.name", "-C", "role::web", "--np"],
+                    )
+                    .await?;
+                    tour_step(
+                        io,
+                        config,
+                        &url,
+                        "cohort nrpe -W puppet_enabled=1 check_puppet_run",
+                        &["nrpe", "-W", "puppet_enabled=1", "check_puppet_run", "--np"],
+                    )
+                    .await?;
+                    tour_step(
+                        io,
+                        config,
+                        &url,
+                        "cohort nagios -W puppet_enabled=1 check_puppet_run    # the Nagios plugin",
+                        &["nagios", "-W", "puppet_enabled=1", "check_puppet_run"],
                     )
                     .await?;
                     anyhow::Ok(())
@@ -159,7 +180,7 @@ pub(crate) fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let fleet = Fleet::start(&args.broker, args.nodes, args.seed, None)
+        let fleet = Fleet::start(&args.broker, args.nodes, args.seed, None, None)
             .await
             .with_context(|| format!("cannot connect the simulated nodes to {}", args.broker))?;
         eprintln!("ready: {} simulated nodes on {}", args.nodes, args.broker);

@@ -82,6 +82,8 @@ enum ClientCommand {
     Rpc(rpc::RpcArgs),
     /// Nrpe.
     Nrpe(checks::NrpeArgs),
+    /// Nagios.
+    Nagios(checks::NagiosArgs),
     /// Facts.
     Facts(apps::FactsArgs),
     /// Inventory.
@@ -94,6 +96,7 @@ async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::
         ClientCommand::Find(args) => find::run(args, io).await,
         ClientCommand::Rpc(args) => rpc::run(args, io).await,
         ClientCommand::Nrpe(args) => checks::nrpe(args, io).await,
+        ClientCommand::Nagios(args) => Ok(checks::plugin(args, io.out).await),
         ClientCommand::Facts(args) => apps::facts(args, io).await,
         ClientCommand::Inventory(args) => apps::inventory(args, io).await,
     }

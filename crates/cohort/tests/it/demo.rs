@@ -19,6 +19,12 @@ fn tour_runs_and_exits_zero() {
         "$ cohort rpc rpcutil get_fact fact=os.name",
         "Summary of Value:",
         "Finished processing ",
+        // The seed's headline fleet check, for people and as the Nagios plugin.
+        "$ cohort nrpe -W puppet_enabled=1 check_puppet_run\n",
+        "check_puppet_run NRPE results",
+        "$ cohort nagios -W puppet_enabled=1 check_puppet_run",
+        "\ncheck_puppet_run: OK: ",
+        " ok=",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
     }
