@@ -477,3 +477,117 @@ ghost.example.net
     assert_eq!(text.lines().count(), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// The original collective's deployment, with real `cohort daemon` processes: one file per
+/// check under `nrpe.d` (no `nrpe.cfg`), `check_puppet_run` on a `state.yaml` whose age makes
+/// nodes OK, WARNING and CRITICAL, Puppet's `classes.txt` in its state directory (no classes
+/// setting), an old agent's empty `puppetdlock`, and the Nagios service definition's argument
+/// shape.
+#[test]
+fn the_original_deployment_with_real_daemons() {
+    use crate::process::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cohort_test_support::free_port()));
+    let mut broker = cohort();
+    broker.args(["broker", "--listen", &addr.to_string()]);
+    let broker = Daemon::spawn(broker);
+    assert!(
+        cohort_test_support::wait_for_listener(addr, Duration::from_secs(10)),
+        "{}",
+        broker.stderr_text()
+    );
+    let url = format!("nats://{addr}");
+    let plugins = cohort_test_support::nagios_plugins_dir();
+    // name, state.yaml age, classes, puppetdlock
+    let nodes = [
+        ("fresh.example.net", 60, "pki\n", false),
+        ("late.example.net", 6000, "pki\n", false),
+        ("stale.example.net", 8000, "pki\n", true),
+        ("plain.example.net", 60, "base\n", false),
+    ];
+    let mut daemons = Vec::new();
+    for (node, state_age, classes, locked) in nodes {
+        let home = dir.path().join(node);
+        let state = home.join("state");
+        age(&state.join("state.yaml"), state_age);
+        write(&state.join("classes.txt"), classes);
+        if locked {
+            write(&state.join("puppetdlock"), "");
+        }
+        write(
+            &home.join("nrpe.d/check_puppet_run.cfg"),
+            &format!(
+                "command[check_puppet_run]={}/check_file_age -f {} -w 5400 -c 7200\n",
+                plugins.display(),
+                state.join("state.yaml").display()
+            ),
+        );
+        let config = home.join("daemon.toml");
+        write(
+            &config,
+            &format!(
+                "registration_interval = \"1s\"\nnrpe_config = [{:?}]\npuppet_state_dirs = [{:?}]\n",
+                home.join("nrpe.d").display().to_string(),
+                state.display().to_string()
+            ),
+        );
+        let mut command = cohort();
+        command
+            .args(["daemon", "--insecure", "--identity", node, "--broker", &url, "--config"])
+            .arg(&config);
+        daemons.push(Daemon::spawn(command));
+    }
+    let client = dir.path().join("client.toml");
+    write(
+        &client,
+        &format!(
+            "brokers = [{url:?}]\ndiscovery_history = {:?}\n",
+            dir.path().join("h.json").display().to_string()
+        ),
+    );
+    let cli = |args: &[&str]| cohort().args(args).arg("-c").arg(&client).output().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while String::from_utf8_lossy(&cli(&["find", "--dt", "1"]).stdout).lines().count() < nodes.len()
+    {
+        assert!(Instant::now() < deadline, "daemons did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let found = |args: &[&str]| {
+        let mut names: Vec<String> =
+            String::from_utf8_lossy(&cli(args).stdout).lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    };
+    // Classes from Puppet's own classes.txt, found without configuration.
+    assert_eq!(
+        found(&["find", "-W", "pki"]),
+        ["fresh.example.net", "late.example.net", "stale.example.net"]
+    );
+    // The empty puppetdlock disables Puppet there.
+    assert_eq!(found(&["find", "-F", "puppet_enabled=0"]), ["stale.example.net"]);
+
+    // Every node: one OK per fresh state.yaml, one WARNING, one CRITICAL.
+    let output = cli(&["nagios", "check_puppet_run"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(text.starts_with("check_puppet_run: OK: 2 WARNING: 1 CRITICAL: 1 UNKNOWN: 0|total=4 ok=2 warn=1 crit=1 unknown=0 checktime="), "{text}");
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    // check_mc_nrpe!puppet_enabled=1 pki!check_puppet_run, as Nagios splits it.
+    let output = cli(&["nagios", "-W", "puppet_enabled=1", "pki", "check_puppet_run"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        text.starts_with("check_puppet_run: OK: 1 WARNING: 1 CRITICAL: 0 UNKNOWN: 0|total=2 "),
+        "{text}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    // And where each node found the check.
+    let output = cli(&["rpc", "nrpe", "list", "-I", "late.example.net", "-j"]);
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let source = &doc["replies"][0]["data"]["sources"]["check_puppet_run"];
+    assert!(
+        source
+            .as_str()
+            .is_some_and(|s| s.ends_with("late.example.net/nrpe.d/check_puppet_run.cfg")),
+        "{doc}"
+    );
+    drop(daemons);
+}
