@@ -2,13 +2,14 @@
 //! [`Collector`] what arrives (replies, refusals, discovery latecomers) and the time, and stops
 //! when it says so.
 
+use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
 
-use cohort_proto::{Filter, broadcast_subject, node_subject, reply_subject};
+use cohort_proto::{Filter, Identity, reply_subject};
 
 use crate::collector::{Collected, Collector, Following};
 use crate::discovery::{Heard, Session};
-use crate::ending::Verdict;
+use crate::ending::{Ending, Verdict};
 use crate::verify::{Incoming, Replies};
 use crate::{
     Call, CallResult, CallStats, Client, ClientError, Discovered, DiscoveryOptions, NodeReply,
@@ -40,7 +41,7 @@ impl Client {
             let result = self.call(call, on_reply).await?;
             return Ok((discovered, result));
         };
-        let mut discovered = Discovered {
+        let discovered = Discovered {
             nodes: found.nodes.clone(),
             elapsed: found.started.elapsed(),
             networked: true,
@@ -52,19 +53,24 @@ impl Client {
             // Nothing matched: nothing is sent.
             session.close().await;
             let unverified = std::mem::take(&mut session.unverified);
-            let discovered = self.conclude(found.nodes, found.started, &session, unverified);
+            let discovered = self.conclude(
+                found.nodes,
+                found.started,
+                &session.ending,
+                &session.key,
+                unverified,
+            );
             return Ok((discovered, CallResult::empty()));
         }
         call.targets = Targets::Broadcast { expected: found.nodes };
-        let (collected, stats) = self.collect(call, Some(&mut session), on_reply).await?;
-        if let Some(ending) = &collected.discovery {
-            session.ending = ending.clone();
-        }
-        discovered = Discovered {
+        let finished = self.collect(call, Some(&mut session), on_reply).await?;
+        // The call went on listening to discovery: its rule and count are the final ones.
+        let ending = finished.discovery.as_ref().unwrap_or(&session.ending);
+        let discovered = Discovered {
             elapsed: discovered.elapsed,
-            ..self.conclude(collected.expected.clone(), found.started, &session, Vec::new())
+            ..self.conclude(finished.expected, found.started, ending, &session.key, Vec::new())
         };
-        Ok((discovered, CallResult { replies: collected.replies, stats }))
+        Ok((discovered, finished.result))
     }
 
     /// Sends `call` and collects replies until every expected node answered or the timeout
@@ -74,8 +80,7 @@ impl Client {
         call: Call,
         on_reply: impl FnMut(&NodeReply),
     ) -> Result<CallResult, ClientError> {
-        let (collected, stats) = self.collect(call, None, on_reply).await?;
-        Ok(CallResult { replies: collected.replies, stats })
+        Ok(self.collect(call, None, on_reply).await?.result)
     }
 
     async fn collect(
@@ -83,7 +88,7 @@ impl Client {
         call: Call,
         mut discovery: Option<&mut Session>,
         mut on_reply: impl FnMut(&NodeReply),
-    ) -> Result<(Collected, CallStats), ClientError> {
+    ) -> Result<Finished, ClientError> {
         let start_time = SystemTime::now();
         let (id, request) = self.call_request(&call, true);
         let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
@@ -94,25 +99,13 @@ impl Client {
         );
         let bytes: bytes::Bytes = self.encode(&request).into();
         let sent = Instant::now();
-        match &call.targets {
-            Targets::Broadcast { .. } => {
-                let subject = broadcast_subject(&call.collective, &call.agent);
-                self.nats.publish_with_reply(subject, reply_to.clone(), bytes).await
-            }
-            Targets::Direct(nodes) => {
-                let mut result = Ok(());
-                for node in nodes {
-                    let subject = node_subject(&call.collective, node);
-                    result = result.and(
-                        self.nats
-                            .publish_with_reply(subject, reply_to.clone(), bytes.clone())
-                            .await,
-                    );
-                }
-                result
-            }
+        // Every node is sent its copy even if one publication fails; the first error counts.
+        let mut published = Ok(());
+        for subject in crate::subjects(&call) {
+            published = published
+                .and(self.nats.publish_with_reply(subject, reply_to.clone(), bytes.clone()).await);
         }
-        .map_err(|e| bus(&e))?;
+        published.map_err(|e| bus(&e))?;
         let _ = self.nats.flush().await;
 
         let mut collector =
@@ -171,21 +164,30 @@ impl Client {
                 std::mem::take(&mut session.unverified),
             );
         }
-        let collected = collector.finish();
+        let Collected { replies, expected, no_responses, unexpected, unverified, ok, discovery } =
+            collector.finish();
         let stats = CallStats {
             request_id: id,
-            discovered: collected.expected.len(),
-            responses: collected.replies.len(),
-            ok: collected.ok,
-            failed: collected.replies.len() - collected.ok,
-            no_responses: collected.no_responses.clone(),
-            unexpected: collected.unexpected.clone(),
-            unverified: collected.unverified.clone(),
+            discovered: expected.len(),
+            responses: replies.len(),
+            ok,
+            failed: replies.len() - ok,
+            no_responses,
+            unexpected,
+            unverified,
             start_time,
             request_time,
         };
-        Ok((collected, stats))
+        Ok(Finished { result: CallResult { replies, stats }, expected, discovery })
     }
+}
+
+/// A finished call: its result, the final expected set (discovery latecomers included) and,
+/// when it followed discovery, discovery's rule as it ended.
+struct Finished {
+    result: CallResult,
+    expected: BTreeSet<Identity>,
+    discovery: Option<Ending>,
 }
 
 async fn next_late(session: Option<&mut Session>) -> Heard {

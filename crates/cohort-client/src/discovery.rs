@@ -44,7 +44,7 @@ pub(crate) struct Session {
     pub(crate) ending: Ending,
     /// When discovery last heard anything.
     pub(crate) last_heard: Instant,
-    key: Option<Key>,
+    pub(crate) key: Key,
     closed: bool,
 }
 
@@ -129,29 +129,28 @@ impl Client {
         };
         session.close().await;
         let unverified = std::mem::take(&mut session.unverified);
-        Ok(self.conclude(found.nodes, found.started, &session, unverified))
+        Ok(self.conclude(found.nodes, found.started, &session.ending, &session.key, unverified))
     }
 
-    /// The outcome of a networked discovery, with the count recorded in the history.
+    /// The outcome of a networked discovery that found `nodes` and ended as `ending` says,
+    /// with the count recorded in the history under `key`.
     pub(crate) fn conclude(
         &self,
         nodes: BTreeSet<Identity>,
         started: Instant,
-        session: &Session,
+        ending: &Ending,
+        key: &Key,
         unverified: Vec<Unverified>,
     ) -> Discovered {
         let elapsed = started.elapsed();
-        let expected = session.ending.expected();
-        let shortfall =
-            expected.filter(|expected| nodes.len() < *expected).map(|expected| Shortfall {
-                expected,
-                found: nodes.len(),
-                waited: session.ending.waited(Instant::now()),
-            });
+        let expected = ending.expected();
+        let shortfall = expected.filter(|expected| nodes.len() < *expected).map(|expected| {
+            Shortfall { expected, found: nodes.len(), waited: ending.waited(Instant::now()) }
+        });
         let mut history_error = None;
         // A discovery that found nobody is not evidence that the fleet is gone: the next one
         // keeps expecting the count before it.
-        if let (Some(history), Some(key)) = (&self.options.history, &session.key)
+        if let Some(history) = &self.options.history
             && !nodes.is_empty()
         {
             let now = now_ms(SystemTime::now()) / 1000;
@@ -236,7 +235,7 @@ impl Client {
             id,
             ending: Ending::new(sent, options.timeout, options.limit, options.window, expect),
             last_heard: sent,
-            key: Some(key),
+            key,
             closed: false,
         };
         let mut nodes = BTreeSet::new();

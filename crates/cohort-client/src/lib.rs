@@ -52,6 +52,17 @@ pub(crate) fn new_request_id() -> RequestId {
     RequestId::from_random(bytes)
 }
 
+/// The subjects `call` is published on: its agent's broadcast subject, or each listed node's
+/// own subject.
+fn subjects(call: &Call) -> Vec<String> {
+    match &call.targets {
+        Targets::Broadcast { .. } => vec![broadcast_subject(&call.collective, &call.agent)],
+        Targets::Direct(nodes) => {
+            nodes.iter().map(|node| node_subject(&call.collective, node)).collect()
+        }
+    }
+}
+
 /// True when the filter is nothing but literal identities: discovery can then be skipped and
 /// the identities used as they are (MCollective's identity optimisation).
 pub fn literal_identities(filter: &Filter) -> Option<BTreeSet<Identity>> {
@@ -180,13 +191,7 @@ impl Client {
     ) -> Result<RequestId, ClientError> {
         let (id, request) = self.call_request(call, reply_to.is_some());
         let bytes: bytes::Bytes = self.encode(&request).into();
-        let subjects: Vec<String> = match &call.targets {
-            Targets::Broadcast { .. } => vec![broadcast_subject(&call.collective, &call.agent)],
-            Targets::Direct(nodes) => {
-                nodes.iter().map(|node| node_subject(&call.collective, node)).collect()
-            }
-        };
-        for subject in subjects {
+        for subject in subjects(call) {
             let sent = match reply_to {
                 Some(reply) => {
                     self.nats.publish_with_reply(subject, reply.to_owned(), bytes.clone()).await

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cohort_proto::{AgentName, Filter, Identity};
+use cohort_proto::{AgentName, Filter, Identity, RequestId};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -164,18 +164,14 @@ impl Client {
         if let Some(filter) = selection.filter() {
             call.filter = filter.clone();
         }
-        let mut discovered = match selection {
+        let discovered = match selection {
             Selection::Discover(filter, options) if !spread.shapes() => {
                 return self
                     .discover_and_call(&filter, &options, call, on_discovered, on_reply)
                     .await;
             }
-            Selection::Discover(filter, options) => {
-                self.discover(&filter, &options, |_, _| {}).await?
-            }
-            Selection::Listed(nodes) => Discovered::listed(nodes, Duration::ZERO),
+            selection => self.limited(selection, spread).await?,
         };
-        discovered.nodes = spread.limit(std::mem::take(&mut discovered.nodes));
         on_discovered(&discovered);
         let nodes: Vec<Identity> = discovered.nodes.iter().cloned().collect();
         if nodes.is_empty() {
@@ -198,9 +194,39 @@ impl Client {
         Ok((discovered, result))
     }
 
-    /// The nodes `selection` names, spread's limit applied, without calling anything (for
-    /// requests sent without waiting for replies).
-    pub async fn resolve(
+    /// Sends `call` to the nodes `selection` names without waiting for replies ([`Client::send`]:
+    /// to `reply_to`, or no replies at all). Discovery is one broadcast carrying the filter,
+    /// unless a limit needs the nodes first; a list goes to each node directly. Returns the
+    /// request id and the discovery made, if one was.
+    pub async fn send_selected(
+        &self,
+        selection: Selection,
+        spread: Spread,
+        mut call: Call,
+        reply_to: Option<&str>,
+    ) -> Result<(RequestId, Option<Discovered>), ClientError> {
+        if let Some(filter) = selection.filter() {
+            call.filter = filter.clone();
+        }
+        let mut discovered = None;
+        call.targets = match selection {
+            // A broadcast nobody waits for: every node that has the agent and matches acts.
+            Selection::Discover(..) if spread.limit.is_none() => {
+                Targets::Broadcast { expected: BTreeSet::new() }
+            }
+            selection => {
+                let found = self.limited(selection, spread).await?;
+                let nodes = found.nodes.clone();
+                discovered = found.networked.then_some(found);
+                Targets::Direct(nodes)
+            }
+        };
+        let id = self.send(&call, reply_to).await?;
+        Ok((id, discovered))
+    }
+
+    /// The nodes `selection` names, discovered or listed, with `spread`'s limit applied.
+    async fn limited(
         &self,
         selection: Selection,
         spread: Spread,

@@ -133,10 +133,7 @@ impl Default for Judgement {
 impl Tally {
     /// Nodes per state, non-responders counted in `no_response_state`.
     pub fn counts(&self, no_response_state: State) -> [usize; 4] {
-        let mut counts = [0; 4];
-        for result in &self.results {
-            counts[usize::from(result.state.code())] += 1;
-        }
+        let mut counts = self.reply_counts();
         counts[usize::from(no_response_state.code())] += self.no_response.len();
         counts
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cohort_client::sources::{Inventory, InventoryNode};
-use cohort_client::{Call, CallResult, Discovered, Selection, Spread, Targets, reply_timeout};
+use cohort_client::{Call, CallResult, Discovered, Spread, Targets, reply_timeout};
 use cohort_proto::{AgentName, Collective, Expr, FactOp, Filter, Identity, StatusCode, rpcutil};
 use serde_json::{Map, Value, json};
 
@@ -51,11 +51,7 @@ impl Session {
             timeout: reply_timeout(config.timeout, None, config.discovery_timeout),
             ttl: config.ttl,
         };
-        let selection = match &self.method {
-            Method::Broadcast => Selection::Discover(filter.clone(), self.settings.discovery()),
-            Method::Fixed(_, nodes) => Selection::Listed(nodes.clone()),
-        }
-        .for_agent(&agent);
+        let selection = self.method.selection(filter, self.settings.discovery()).for_agent(&agent);
         let (discovered, result) =
             self.client.run(selection, Spread::default(), call, |_| {}, |_| {}).await?;
         crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;

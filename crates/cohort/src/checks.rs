@@ -115,12 +115,12 @@ struct Ran {
 
 async fn run_check(
     flags: &CheckFlags,
+    filter: cohort_proto::Filter,
     settings: &Settings,
     method: Method,
     mut on_reply: impl FnMut(&cohort_client::NodeReply),
     mut on_discovered: impl FnMut(usize),
 ) -> anyhow::Result<Ran> {
-    let filter = flags.filter()?;
     let started = Instant::now();
     let client = settings.connect().await?;
     let agent = AgentName::new("nrpe")?;
@@ -200,13 +200,14 @@ fn node_json(reply: &cohort_client::NodeReply) -> Value {
 
 pub(crate) async fn nrpe(args: NrpeArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let settings = args.flags.common.settings()?;
-    let method =
-        args.flags.common.discovery.method(&args.flags.filter()?, &settings.config.collective)?;
+    let filter = args.flags.filter()?;
+    let method = args.flags.common.discovery.method(&filter, &settings.config.collective)?;
     let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
     let show_bar = io.err_tty && !args.no_progress && !args.json && !args.jsonl;
     let mut lines = Vec::new();
     let ran = run_check(
         &args.flags,
+        filter,
         &settings,
         method,
         |reply| {
@@ -334,15 +335,20 @@ pub(crate) async fn plugin(args: NagiosArgs, out: &mut dyn std::io::Write) -> Ex
         + settings.config.discovery_timeout
         + check_timeout(&settings)
         + Duration::from_secs(2);
-    let method = match args.flags.filter().and_then(|filter| {
-        args.flags.common.discovery.method_without_stdin(&filter, &settings.config.collective)
-    }) {
-        Ok(method) => method,
+    let selected = args.flags.filter().and_then(|filter| {
+        let method = args
+            .flags
+            .common
+            .discovery
+            .method_without_stdin(&filter, &settings.config.collective)?;
+        Ok((filter, method))
+    });
+    let (filter, method) = match selected {
+        Ok(selected) => selected,
         Err(err) => return unknown(format!("{err:#}")),
     };
-    let ran =
-        tokio::time::timeout(budget, run_check(&args.flags, &settings, method, |_| {}, |_| {}))
-            .await;
+    let checked = run_check(&args.flags, filter, &settings, method, |_| {}, |_| {});
+    let ran = tokio::time::timeout(budget, checked).await;
     let ran = match ran {
         Ok(Ok(ran)) => ran,
         Ok(Err(err)) => return unknown(format!("{err:#}")),

@@ -69,13 +69,21 @@ pub(crate) enum Method {
 impl Method {
     /// The selection for a call: discovery with `filter`, or the list.
     pub(crate) fn selection(
-        self,
+        &self,
         filter: &Filter,
         options: cohort_client::DiscoveryOptions,
     ) -> Selection {
         match self {
             Method::Broadcast => Selection::Discover(filter.clone(), options),
-            Method::Fixed(_, nodes) => Selection::Listed(nodes),
+            Method::Fixed(_, nodes) => Selection::Listed(nodes.clone()),
+        }
+    }
+
+    /// The method's name, for messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Method::Broadcast => "broadcast",
+            Method::Fixed(name, _) => name,
         }
     }
 }
@@ -119,15 +127,6 @@ fn read_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
     stdin.lock().read_to_string(&mut text).context("cannot read standard input")?;
     Ok(text)
-}
-
-/// Whether `filter` says anything about which nodes (then standard input is not consulted).
-fn names_nodes(filter: &Filter) -> bool {
-    !(filter.identity.is_empty()
-        && filter.fact.is_empty()
-        && filter.class.is_empty()
-        && filter.agent.is_empty()
-        && filter.compound.is_empty())
 }
 
 impl DiscoveryFlags {
@@ -176,11 +175,7 @@ impl DiscoveryFlags {
             Some(method) => method,
             None if stdin_named => MethodName::Stdin,
             None if self.nodes.is_some() => MethodName::Flatfile,
-            None if auto_stdin
-                && self.option.is_none()
-                && !names_nodes(filter)
-                && stdin_is_data() =>
-            {
+            None if auto_stdin && self.option.is_none() && filter.is_empty() && stdin_is_data() => {
                 let text = read_stdin()?;
                 if text.trim().is_empty() {
                     return Ok(Method::Broadcast);

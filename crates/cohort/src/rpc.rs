@@ -17,13 +17,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cohort_client::{
-    Call, CallResult, Count, Discovered, NodeReply, Pick, Selection, Spread, Targets, reply_timeout,
+    Call, CallResult, Count, Discovered, NodeReply, Pick, Spread, Targets, reply_timeout,
 };
 use cohort_ddl::{ActionDdl, AgentDdl, Display, Summary};
 use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::discovery;
 use crate::options::{CommonFlags, FilterFlags};
 use crate::output::{Io, finished_line, ms, name_grid, progress, unverified_lines};
 
@@ -195,10 +194,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     // answer discovery late are still awaited (cohort_client::Client::discover_and_call):
     // where MCollective's direct addressing of small sets would have silently left a slow node
     // out. Only nodes that have the agent are discovered.
-    let method_name = match &method {
-        discovery::Method::Fixed(name, _) => *name,
-        discovery::Method::Broadcast => "broadcast",
-    };
+    let method_name = method.name();
     let selection = method.selection(&filter, settings.discovery()).for_agent(&agent);
     let call = Call {
         agent: agent.clone(),
@@ -223,21 +219,11 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     };
 
     if args.no_results || args.reply_to.is_some() {
-        let mut call = call;
-        if let Some(filter) = selection.filter() {
-            call.filter = filter.clone();
+        let (id, discovered) =
+            client.send_selected(selection, spread, call, args.reply_to.as_deref()).await?;
+        if let Some(discovered) = &discovered {
+            crate::output::discovery_notes(io.err, discovered)?;
         }
-        match selection {
-            Selection::Listed(nodes) => call.targets = Targets::Direct(spread.limit(nodes)),
-            selection if spread.limit.is_some() => {
-                let found = client.resolve(selection, spread).await?;
-                crate::output::discovery_notes(io.err, &found)?;
-                call.targets = Targets::Direct(found.nodes);
-            }
-            // A broadcast nobody waits for: every node that has the agent and matches acts.
-            Selection::Discover(..) => {}
-        }
-        let id = client.send(&call, args.reply_to.as_deref()).await?;
         match &args.reply_to {
             Some(subject) => writeln!(io.out, "Request sent with id: {id} replying to {subject}")?,
             None => writeln!(io.out, "Request sent with id: {id}")?,
