@@ -137,6 +137,10 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
             timeout: config.nrpe_timeout,
             allow_arguments: config.nrpe_allow_arguments,
         },
+        resource: crate::resource::ResourceSettings {
+            config: config.resource.clone(),
+            puppet_state_dirs: config.puppet_state_dirs.clone(),
+        },
     };
     let (agents, errors) =
         load_agents(config.agents_dir.as_deref(), config.max_agent_output, &agent_settings);

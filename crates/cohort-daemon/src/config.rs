@@ -53,6 +53,8 @@ pub struct Config {
     pub puppet_state_dirs: Vec<PathBuf>,
     /// Signing, trust, authorization, audit and TLS.
     pub security: SecurityConfig,
+    /// What the resource agent may manage (default: nothing).
+    pub resource: cohort_resource::policy::ResourceConfig,
 }
 
 /// The `[security]` table. Without `issuers`, `key` and `credential` the daemon refuses to
@@ -141,6 +143,7 @@ impl Default for Config {
             nrpe_allow_arguments: false,
             puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),
             security: SecurityConfig::default(),
+            resource: cohort_resource::policy::ResourceConfig::default(),
         }
     }
 }
@@ -196,6 +199,9 @@ impl Config {
         }
         if self.max_agent_output < 1024 {
             return invalid("max_agent_output", "must be at least 1024 bytes");
+        }
+        if let Err(err) = cohort_resource::policy::Safety::new(&self.resource) {
+            return Err(ConfigError::Invalid { key: "resource", message: err.to_string() });
         }
         let security = &self.security;
         if let Some(default) = &security.policy_default {

@@ -28,6 +28,8 @@ use crate::pipeline::{Handled, NodeState};
 pub struct AgentSettings {
     /// The nrpe agent's settings.
     pub nrpe: crate::nrpe::NrpeSettings,
+    /// The resource agent's settings.
+    pub resource: crate::resource::ResourceSettings,
 }
 
 /// Agents compiled into Cohort: the one list of them.
@@ -38,6 +40,11 @@ pub fn builtin_agents(settings: &AgentSettings) -> Vec<Arc<dyn Agent>> {
     }
     if let Some(nrpe) = crate::nrpe::Nrpe::new(settings.nrpe.clone()) {
         agents.push(Arc::new(nrpe));
+    }
+    for name in ["resource", "puppetral"] {
+        if let Some(agent) = crate::resource::ResourceAgent::new(name, &settings.resource) {
+            agents.push(Arc::new(agent));
+        }
     }
     agents
 }

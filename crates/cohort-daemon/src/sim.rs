@@ -196,6 +196,7 @@ impl Fleet {
         seed: u64,
         security: Option<&FleetSecurity>,
         nrpe: Option<&std::path::Path>,
+        resource: Option<&crate::resource::ResourceSettings>,
     ) -> Result<Fleet, async_nats::ConnectError> {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
         let collective =
@@ -221,6 +222,9 @@ impl Fleet {
                     let mut settings = AgentSettings::default();
                     if let Some(dir) = nrpe {
                         settings.nrpe.config = vec![dir.join(format!("{identity}.cfg"))];
+                    }
+                    if let Some(resource) = resource {
+                        settings.resource = resource.clone();
                     }
                     let mut agents = builtin_agents(&settings);
                     if let Some(bench) = BenchAgent::new() {

@@ -10,8 +10,14 @@ pub const RPCUTIL: &str = include_str!("../ddl/rpcutil.json");
 /// `nrpe`: Nagios checks defined by the node's NRPE configuration.
 pub const NRPE: &str = include_str!("../ddl/nrpe.json");
 
+/// `resource`: Puppet-style resources applied natively.
+pub const RESOURCE: &str = include_str!("../ddl/resource.json");
+
+/// `puppetral`: the original agent's name and `do` action, served by the resource agent.
+pub const PUPPETRAL: &str = include_str!("../ddl/puppetral.json");
+
 /// The text of every built-in DDL.
-pub const ALL: &[&str] = &[RPCUTIL, NRPE];
+pub const ALL: &[&str] = &[RPCUTIL, NRPE, RESOURCE, PUPPETRAL];
 
 /// Every built-in DDL, parsed once per process (a fleet simulator creates thousands of nodes,
 /// and parsing checks every validation regex). Each is checked by a test, so parsing cannot

@@ -59,6 +59,10 @@ pub struct ActionDdl {
     /// Inputs by name.
     #[serde(default)]
     pub input: BTreeMap<String, InputDdl>,
+    /// Inputs not named in `input` are accepted when this is given, each checked against it
+    /// (the resource agent takes any attribute of any type this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_input: Option<InputDdl>,
     /// Outputs by name.
     #[serde(default)]
     pub output: BTreeMap<String, OutputDdl>,
@@ -244,7 +248,9 @@ impl AgentDdl {
             if !seen.insert(action.action.as_str()) {
                 return Err(invalid(path, "declared twice".into()));
             }
-            for (name, input) in &action.input {
+            let extra = action.extra_input.iter().map(|input| ("(extra)", input));
+            let declared = action.input.iter().map(|(name, input)| (name.as_str(), input));
+            for (name, input) in declared.chain(extra) {
                 let path = format!("{path} input {name:?}");
                 if let Some(validation) = &input.validation
                     && !is_named_validator(validation)

@@ -28,8 +28,16 @@ pub fn validate_inputs(
     action: &ActionDdl,
     data: &mut Map<String, Value>,
 ) -> Result<(), InputError> {
-    if let Some(unknown) = data.keys().find(|key| !action.input.contains_key(*key)) {
-        return Err(invalid(format!("unknown input {unknown:?} for action {}", action.action)));
+    for (name, value) in data.iter() {
+        if action.input.contains_key(name) {
+            continue;
+        }
+        match &action.extra_input {
+            Some(extra) => check_value(name, extra, value)?,
+            None => {
+                return Err(invalid(format!("unknown input {name:?} for action {}", action.action)));
+            }
+        }
     }
     for (name, input) in &action.input {
         match data.get(name) {

@@ -267,7 +267,7 @@ fn main() {
                 let idle_rss = rss_kib(broker.pid());
                 let started = Instant::now();
                 let fleet = nodes_runtime
-                    .block_on(Fleet::start(&url, n, 7, fleet_security.as_ref(), None))
+                    .block_on(Fleet::start(&url, n, 7, fleet_security.as_ref(), None, None))
                     .unwrap();
                 let history = tempfile::tempdir().unwrap();
                 let history = history.path().join("discovery.json");

@@ -92,7 +92,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let nrpe = secure.dir.join("nrpe.d");
         cohort_daemon::sim::write_nrpe_checks(&nrpe, args.nodes, SEED)
             .with_context(|| format!("cannot write the simulated nodes' checks in {}", nrpe.display()))?;
-        let fleet = Fleet::start(&url, args.nodes, SEED, Some(&secure.fleet), Some(&nrpe)).await?;
+        let fleet = Fleet::start(&url, args.nodes, SEED, Some(&secure.fleet), Some(&nrpe), None).await?;
         wait_for_fleet(&client_config, args.nodes).await?;
         eprintln!("Fleet of {} nodes up in {:.1} s.\n", args.nodes, started.elapsed().as_secs_f64());
         let config_arg = client_config.display().to_string();
@@ -180,7 +180,7 @@ pub(crate) fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let fleet = Fleet::start(&args.broker, args.nodes, args.seed, None, None)
+        let fleet = Fleet::start(&args.broker, args.nodes, args.seed, None, None, None)
             .await
             .with_context(|| format!("cannot connect the simulated nodes to {}", args.broker))?;
         eprintln!("ready: {} simulated nodes on {}", args.nodes, args.broker);

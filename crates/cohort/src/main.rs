@@ -14,6 +14,7 @@ mod keys;
 mod options;
 mod output;
 mod ping;
+mod resource;
 mod rpc;
 
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     Simulate(demo::SimulateArgs),
     /// First-boot setup of a cloud instance from user data and metadata.
     Boot(boot::BootArgs),
+    /// Puppet-style resources on this machine: list a type, show one, or make one so.
+    Resource(resource::ResourceArgs),
     /// Manage the organisation issuer, credentials, revocations and broker TLS.
     Keys(keys::KeysArgs),
     /// Each value of a fact across the matching nodes, with how many have it.
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => demo::simulate(args),
         Command::Boot(args) => boot::run(args),
+        Command::Resource(args) => output::Io::with_std(|io| resource::run(args, io)),
         Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
         Command::Facts(args) => client_runtime(ClientCommand::Facts(args)),
         Command::Inventory(args) => client_runtime(ClientCommand::Inventory(args)),

@@ -137,7 +137,8 @@ fn parse_inputs(
         let Some((key, text)) = input.split_once('=') else {
             bail!("argument {input:?} is not key=value");
         };
-        let value = match action.and_then(|action| action.input.get(key)) {
+        let declared = action.and_then(|action| action.input.get(key));
+        let value = match declared.or(action.and_then(|action| action.extra_input.as_ref())) {
             Some(ddl) => cohort_ddl::convert_argument(key, ddl, text)?,
             None if action.is_some() => {
                 bail!(

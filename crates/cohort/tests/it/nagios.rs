@@ -134,6 +134,7 @@ impl Fleet {
                     timeout: Duration::from_secs(2),
                     allow_arguments: false,
                 },
+                ..AgentSettings::default()
             };
             let (agents, errors) = load_agents(None, 1 << 20, &settings);
             assert!(errors.is_empty());
