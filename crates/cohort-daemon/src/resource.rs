@@ -46,7 +46,9 @@ impl ResourceAgent {
         let safety = Safety::new(&settings.config).ok()?;
         let resources_txt = match &settings.config.puppet_resources {
             Some(path) => vec![path.clone()],
-            None => settings.puppet_state_dirs.iter().map(|dir| dir.join("resources.txt")).collect(),
+            None => {
+                settings.puppet_state_dirs.iter().map(|dir| dir.join("resources.txt")).collect()
+            }
         };
         Some(ResourceAgent {
             ddl: cohort_ddl::builtin::find(name)?,

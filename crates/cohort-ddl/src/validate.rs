@@ -35,7 +35,10 @@ pub fn validate_inputs(
         match &action.extra_input {
             Some(extra) => check_value(name, extra, value)?,
             None => {
-                return Err(invalid(format!("unknown input {name:?} for action {}", action.action)));
+                return Err(invalid(format!(
+                    "unknown input {name:?} for action {}",
+                    action.action
+                )));
             }
         }
     }

@@ -3,7 +3,8 @@
 //! it), a cap on stdout, and a deadline after which the whole group is killed, grandchildren
 //! included. After it exits the group is killed too, so nothing it left in the background lingers.
 //!
-//! Used by external agents, the nrpe agent and the boot helper's actions.
+//! Used by external agents, the nrpe agent, the boot helper's actions and the resource
+//! providers; [`run_detaching`] is the variant for commands meant to leave a daemon running.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -108,6 +109,36 @@ pub async fn run(
     Ok(Finished { stdout, stderr, status })
 }
 
+/// Runs a command that may leave a daemon behind (an init script's `start`): output goes to
+/// a temporary file rather than a pipe, so a daemon that keeps the descriptors open cannot hold
+/// us up; only the command itself is waited for, and what it started is left running. At the
+/// deadline the command's process group is killed, as with [`run`]. Output is capped at
+/// `max_output` bytes (the rest is dropped, not an error).
+pub async fn run_detaching(
+    mut command: tokio::process::Command,
+    timeout: Duration,
+    max_output: usize,
+) -> Result<Finished, ExecError> {
+    let out = tempfile::tempfile().map_err(ExecError::Spawn)?;
+    let err = out.try_clone().map_err(ExecError::Spawn)?;
+    let mut reader = out.try_clone().map_err(ExecError::Spawn)?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(false);
+    let mut child = spawn(&mut command).await?;
+    let pgid = child.id();
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(ExecError::Wait)?,
+        Err(_) => {
+            kill_group(pgid);
+            return Err(ExecError::TimedOut(timeout));
+        }
+    };
+    use std::io::{Read, Seek};
+    let mut output = Vec::new();
+    let _ = reader.seek(std::io::SeekFrom::Start(0));
+    let _ = reader.take(max_output as u64).read_to_end(&mut output);
+    Ok(Finished { stdout: output, stderr: Vec::new(), status })
+}
+
 /// Starts the child, retrying briefly on `ETXTBSY`: an executable just written (an installed
 /// agent or boot action) can be "busy" while another thread's fork still holds the writing
 /// descriptor for the instant before that child's exec closes it.
@@ -175,6 +206,27 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("grandchild {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn detaching_leaves_the_daemon_and_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // The daemon keeps stdout open; a pipe would make us wait for it.
+        let script = format!("echo starting; sleep 300 & echo $! > {}", pidfile.display());
+        let started = std::time::Instant::now();
+        let done = run_detaching(sh(&script), Duration::from_secs(10), 1024).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(done.stdout, b"starting\n");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(alive, "the daemon was killed");
+        let err = run_detaching(sh("sleep 30"), Duration::from_millis(200), 10).await.unwrap_err();
+        assert!(matches!(err, ExecError::TimedOut(_)));
     }
 
     #[tokio::test]

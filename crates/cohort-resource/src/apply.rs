@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::change::{self, Event, Outcome, State};
 use crate::manifest::Shown;
-use crate::model::{Desired, Kind, ResourceError};
+use crate::model::{Desired, Kind, ResourceError, Value};
 use crate::provider::{self, Env, ProviderError};
 use crate::puppet;
 
@@ -347,10 +347,35 @@ impl Resources {
     }
 }
 
+/// A file's owner and group are stored as ids and shown as names, as Puppet shows them.
+fn named(desired: &Desired, change: &change::Change) -> change::Change {
+    let name = |value: &Value| -> Value {
+        let Value::Int(id) = value else { return value.clone() };
+        let Ok(id) = u32::try_from(*id) else { return value.clone() };
+        let found = match change.property.as_str() {
+            "owner" => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id))
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            _ => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id))
+                .ok()
+                .flatten()
+                .map(|g| g.name),
+        };
+        found.map_or_else(|| value.clone(), Value::Text)
+    };
+    let mut shown = change.clone();
+    if desired.kind == Kind::File && matches!(change.property.as_str(), "owner" | "group") {
+        shown.is = change.is.as_ref().map(name);
+        shown.should = name(&change.should);
+    }
+    shown
+}
+
 fn event(desired: &Desired, change: &change::Change, outcome: &Outcome) -> Event {
     Event {
         property: change.property.clone(),
-        message: change::message(desired, change, outcome),
+        message: change::message(desired, &named(desired, change), outcome),
         status: match outcome {
             Outcome::Done => "success",
             Outcome::Noop => "noop",

@@ -1020,7 +1020,12 @@ fn check_resource(desired: &mut Desired) -> Result<(), ResourceError> {
         let managed = desired.should.keys().any(|p| p != "ensure");
         let default = match kind {
             Kind::Package => Some("present"),
-            Kind::User | Kind::Group | Kind::Host | Kind::Mailalias | Kind::Cron | Kind::SshAuthorizedKey
+            Kind::User
+            | Kind::Group
+            | Kind::Host
+            | Kind::Mailalias
+            | Kind::Cron
+            | Kind::SshAuthorizedKey
                 if managed =>
             {
                 Some("present")

@@ -160,9 +160,32 @@ pub(crate) async fn finish(
     }
 }
 
+/// Runs a command that starts a daemon (`/etc/init.d/x start`), which it leaves running, and
+/// that must succeed.
+pub(crate) async fn detached(program: &str, args: &[&str], env: &Env) -> Result<String, String> {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).env("LC_ALL", "C");
+    let ran = match cohort_exec::run_detaching(command, env.command_timeout, 64 * 1024).await {
+        Ok(done) => Ran {
+            code: done.status.code(),
+            stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+            stderr: String::new(),
+        },
+        Err(cohort_exec::ExecError::TimedOut(after)) => {
+            return Err(format!("Command exceeded timeout ({} s)", after.as_secs()));
+        }
+        Err(err) => return Err(err.to_string()),
+    };
+    succeeded(program, args, ran)
+}
+
 /// Runs a command that must succeed; the error is Puppet's `Execution of '…' returned N: …`.
 pub(crate) async fn checked(program: &str, args: &[&str], env: &Env) -> Result<String, String> {
     let ran = command(program, args, None, env).await?;
+    succeeded(program, args, ran)
+}
+
+fn succeeded(program: &str, args: &[&str], ran: Ran) -> Result<String, String> {
     if ran.code == Some(0) {
         return Ok(ran.stdout);
     }

@@ -4,7 +4,7 @@
 //! the `resource` agent do not apply here (this is the local administrator's own tool).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::change::{Change, State};
 use crate::model::Desired;
 
-use super::{Env, ProviderError, checked, command};
+use super::{Env, ProviderError, checked, command, detached};
 
 fn systemd() -> bool {
     Path::new("/run/systemd/system").is_dir()
@@ -151,25 +151,17 @@ pub(super) async fn instances(env: &Env) -> Result<Vec<(String, State)>, Provide
 async fn start_stop(desired: &Desired, start: bool, env: &Env) -> Result<(), String> {
     let name = &desired.name;
     let verb = if start { "start" } else { "stop" };
-    if let Some(line) = desired.param(verb) {
-        let ran = sh(line, env).await?;
-        return match ran.code {
-            Some(0) => Ok(()),
-            code => Err(format!(
-                "Could not {verb} Service[{name}]: Execution of '{line}' returned {}: {}",
-                code.unwrap_or(-1),
-                ran.stderr.trim()
-            )),
-        };
-    }
-    let result = if systemd() {
+    // Started daemons stay; only the command itself is waited for.
+    let result = if let Some(line) = desired.param(verb) {
+        detached("/bin/sh", &["-c", line], env).await
+    } else if systemd() {
         checked("systemctl", &[verb, &unit(name)], env).await
     } else {
         let script = script(name);
         if !Path::new(&script).is_file() {
             return Err(format!("Could not find init script for '{name}'"));
         }
-        checked(&script, &[verb], env).await
+        detached(&script, &[verb], env).await
     };
     result.map(drop).map_err(|err| format!("Could not {verb} Service[{name}]: {err}"))
 }
@@ -206,7 +198,12 @@ async fn set_enable(name: &str, should: &str, env: &Env) -> Result<(), String> {
 
 /// Starts or stops, then, as Puppet's service ensure does, brings enablement along without an
 /// event of its own.
-async fn ensure(desired: &Desired, current: &State, running: bool, env: &Env) -> Result<(), String> {
+async fn ensure(
+    desired: &Desired,
+    current: &State,
+    running: bool,
+    env: &Env,
+) -> Result<(), String> {
     start_stop(desired, running, env).await?;
     let should = desired.should.get("enable").map(|v| v.flat());
     match should {

@@ -65,6 +65,16 @@ fn copy_dir(from: &Path, to: &Path) {
 
 impl Fleet {
     pub fn start(kind: BrokerKind, specs: &[NodeSpec]) -> Fleet {
+        Fleet::start_configured(kind, specs, &|_, _| String::new())
+    }
+
+    /// Like [`Fleet::start`], each node's daemon.toml extended with `config(node, dir)`'s text
+    /// (`dir` is the fleet's temporary directory).
+    pub fn start_configured(
+        kind: BrokerKind,
+        specs: &[NodeSpec],
+        config: &dyn Fn(&str, &Path) -> String,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let (broker, url) = match kind {
             BrokerKind::Cohort => {
@@ -100,19 +110,20 @@ impl Fleet {
         let mut fleet =
             Fleet { dir, _broker: broker, url, nodes: Vec::new(), agents_dir, client_config };
         for spec in specs {
-            fleet.add_node(spec);
+            let extra = config(spec.name, fleet.dir.path());
+            let agents = fleet.agents_dir.clone();
+            fleet.add_node_configured(spec, &agents, &extra);
         }
         fleet.wait_for(specs.len());
         fleet
     }
 
-    fn add_node(&mut self, spec: &NodeSpec) {
-        let agents = self.agents_dir.clone();
-        self.add_node_with_agents(spec, &agents);
-    }
-
     /// Adds and starts a node whose external agents are in `agents` instead of the fleet's.
     pub fn add_node_with_agents(&mut self, spec: &NodeSpec, agents: &Path) {
+        self.add_node_configured(spec, agents, "");
+    }
+
+    fn add_node_configured(&mut self, spec: &NodeSpec, agents: &Path, extra: &str) {
         let node_dir = self.dir.path().join(spec.name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let facts = write(&node_dir, spec.fact_file, spec.facts);
@@ -120,10 +131,17 @@ impl Fleet {
         let node = Node { name: spec.name.to_owned(), facts, daemon: None };
         self.nodes.push(node);
         let idx = self.nodes.len() - 1;
-        self.start_node(idx, &classes, spec.collectives, agents);
+        self.start_node(idx, &classes, spec.collectives, agents, extra);
     }
 
-    fn start_node(&mut self, idx: usize, classes: &Path, collectives: &[&str], agents: &Path) {
+    fn start_node(
+        &mut self,
+        idx: usize,
+        classes: &Path,
+        collectives: &[&str],
+        agents: &Path,
+        extra: &str,
+    ) {
         let node = &self.nodes[idx];
         let mut command = cohort();
         command
@@ -144,7 +162,7 @@ impl Fleet {
         let config = write(
             self.dir.path(),
             &format!("{}.toml", node.name),
-            "registration_interval = \"1s\"\n",
+            &format!("registration_interval = \"1s\"\n{extra}"),
         );
         command.arg("--config").arg(config);
         self.nodes[idx].daemon = Some(Daemon::spawn(command));
