@@ -248,11 +248,13 @@ impl Resources {
         noop: bool,
     ) -> Result<Report, ApplyError> {
         let puppet = self.puppet_for(type_name)?;
+        let attrs = text_attrs(attrs);
+        puppet::check_arguments(title, &attrs).map_err(ApplyError::Puppet)?;
         let run = puppet::resource(
             puppet,
             type_name,
             Some(title),
-            &text_attrs(attrs),
+            &attrs,
             noop,
             self.env.command_timeout,
         )
@@ -278,6 +280,7 @@ impl Resources {
     pub async fn find(&self, type_name: &str, title: &str) -> Result<Shown, ApplyError> {
         let Some(kind) = Kind::from_name(type_name) else {
             let puppet = self.puppet_for(type_name)?;
+            puppet::check_arguments(title, &BTreeMap::new()).map_err(ApplyError::Puppet)?;
             let run = puppet::resource(
                 puppet,
                 type_name,

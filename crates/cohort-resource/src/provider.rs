@@ -239,10 +239,11 @@ pub(crate) fn read_or_empty(path: &Path) -> Result<String, ProviderError> {
     }
 }
 
-/// The `puppet` command, when one is installed.
+/// The `puppet` command, when one is installed (a configured path that does not exist means
+/// Puppet is not installed).
 pub fn find_puppet(configured: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = configured {
-        return Some(path.to_owned());
+        return path.is_file().then(|| path.to_owned());
     }
     ["/opt/puppetlabs/bin/puppet", "/usr/bin/puppet"]
         .into_iter()

@@ -93,6 +93,22 @@ pub fn parse_output(type_name: &str, output: &str) -> PuppetRun {
     PuppetRun { events, errors, resources }
 }
 
+/// Refuses what would reach `puppet resource`'s own option parser rather than the resource:
+/// a title starting with `-`, an attribute name that is not a plain word.
+pub fn check_arguments(title: &str, attrs: &BTreeMap<String, String>) -> Result<(), String> {
+    if title.starts_with('-') {
+        return Err(format!("title {title:?} cannot start with '-'"));
+    }
+    let plain = |name: &str| {
+        name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    match attrs.keys().find(|name| !plain(name)) {
+        Some(name) => Err(format!("attribute name {name:?} is not a plain word")),
+        None => Ok(()),
+    }
+}
+
 /// Runs `puppet resource --to_yaml TYPE [TITLE [attr=value …]]` with a clean environment (a
 /// broken tool on the caller's PATH makes Puppet's package listing fail).
 pub async fn resource(
@@ -132,6 +148,16 @@ pub async fn resource(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_cannot_become_options() {
+        let attrs: BTreeMap<String, String> = [("message".to_owned(), "hi".to_owned())].into();
+        check_arguments("hello", &attrs).unwrap();
+        assert!(check_arguments("--noop", &attrs).is_err());
+        let sneaky: BTreeMap<String, String> =
+            [("--modulepath".to_owned(), "/x".to_owned())].into();
+        assert!(check_arguments("hello", &sneaky).unwrap_err().contains("--modulepath"));
+    }
 
     #[test]
     fn reads_events_errors_and_yaml() {

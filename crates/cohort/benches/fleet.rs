@@ -8,7 +8,9 @@
 //! - `filtered`: `-F parity=even`, half the fleet;
 //! - `discovery`: discovery alone;
 //! - `blob64k`: every node replies with 64 KiB;
-//! - `10clients`: ten `ping` round trips at once from ten clients (wall time of all ten).
+//! - `10clients`: ten `ping` round trips at once from ten clients (wall time of all ten);
+//! - `resource`: `resource apply` of a file every node already has as asked (in sync: each
+//!   node reads it, hashes it, compares, and reports no change).
 //!
 //! Each scenario first runs once unmeasured: that run, like a user's first command with a
 //! filter, has no discovery history and holds to `--dt`; the measured runs expect its count.
@@ -34,8 +36,10 @@ use std::time::{Duration, Instant};
 
 use cohort_client::history::History;
 use cohort_client::{Call, Client, ClientOptions, ClientSecurity, DiscoveryOptions, Targets};
+use cohort_daemon::resource::ResourceSettings;
 use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
+use cohort_resource::policy::ResourceConfig;
 use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
 use cohort_test_support::{BrokerProcess, cpu_ms, rss_kib};
 
@@ -112,7 +116,7 @@ async fn round_trip(
     action: &str,
     data: serde_json::Map<String, serde_json::Value>,
     expect: usize,
-    check_blob: Option<usize>,
+    check: Option<(&str, ReplyCheck)>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
     let call = Call {
@@ -145,15 +149,41 @@ async fn round_trip(
             result.stats.no_responses.len()
         ));
     }
-    if let Some(size) = check_blob
-        && let Some(bad) = result
-            .replies
-            .iter()
-            .find(|r| r.reply.data["blob"].as_str().map(str::len) != Some(size))
+    if let Some((what, check)) = check
+        && let Some(bad) = result.replies.iter().find(|r| !check(&r.reply.data))
     {
-        return Err(format!("{} sent a blob of the wrong size", bad.reply.sender));
+        return Err(format!("{} {what}", bad.reply.sender));
     }
     Ok(elapsed)
+}
+
+/// A check of one reply's data.
+type ReplyCheck = fn(&serde_json::Map<String, serde_json::Value>) -> bool;
+
+fn blob_ok(data: &serde_json::Map<String, serde_json::Value>) -> bool {
+    data.get("blob").and_then(serde_json::Value::as_str).map(str::len) == Some(65536)
+}
+
+fn unchanged(data: &serde_json::Map<String, serde_json::Value>) -> bool {
+    data.get("changed") == Some(&serde_json::Value::Bool(false))
+}
+
+/// The in-sync resource of the `resource` scenario: a file beside the discovery history,
+/// written before the fleet starts, that every node is asked to have with the same content and
+/// mode.
+fn resource_file(history: &std::path::Path) -> std::path::PathBuf {
+    history.with_file_name("motd")
+}
+
+const MOTD: &str = "Managed by Cohort\n";
+
+fn resource_request(history: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut data = serde_json::Map::new();
+    data.insert("type".into(), "file".into());
+    data.insert("name".into(), resource_file(history).display().to_string().into());
+    data.insert("content".into(), MOTD.into());
+    data.insert("mode".into(), "0644".into());
+    data
 }
 
 async fn scenario(
@@ -185,7 +215,13 @@ async fn scenario(
         "blob64k" => {
             let mut data = serde_json::Map::new();
             data.insert("size".into(), serde_json::Value::from(65536));
-            round_trip(client, Filter::default(), "bench", "blob", data, n, Some(65536)).await
+            let blob = ("sent a blob of the wrong size", blob_ok as ReplyCheck);
+            round_trip(client, Filter::default(), "bench", "blob", data, n, Some(blob)).await
+        }
+        "resource" => {
+            let data = resource_request(history);
+            let check = ("changed an in-sync resource", unchanged as ReplyCheck);
+            round_trip(client, Filter::default(), "resource", "apply", data, n, Some(check)).await
         }
         "10clients" => {
             let mut clients = Vec::new();
@@ -224,7 +260,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-const SCENARIOS: [&str; 5] = ["ping", "filtered", "discovery", "blob64k", "10clients"];
+const SCENARIOS: [&str; 6] = ["ping", "filtered", "discovery", "blob64k", "10clients", "resource"];
 
 fn main() {
     let sizes: Vec<u32> = std::env::var("COHORT_BENCH_NODES")
@@ -266,11 +302,31 @@ fn main() {
                 let (broker, url) = start_broker(kind);
                 let idle_rss = rss_kib(broker.pid());
                 let started = Instant::now();
-                let fleet = nodes_runtime
-                    .block_on(Fleet::start(&url, n, 7, fleet_security.as_ref(), None, None))
-                    .unwrap();
                 let history = tempfile::tempdir().unwrap();
                 let history = history.path().join("discovery.json");
+                std::fs::write(resource_file(&history), MOTD).unwrap();
+                std::fs::set_permissions(
+                    resource_file(&history),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )
+                .unwrap();
+                let resource = ResourceSettings {
+                    config: ResourceConfig {
+                        allow_types: Some(vec!["file".into()]),
+                        ..ResourceConfig::default()
+                    },
+                    puppet_state_dirs: Vec::new(),
+                };
+                let fleet = nodes_runtime
+                    .block_on(Fleet::start(
+                        &url,
+                        n,
+                        7,
+                        fleet_security.as_ref(),
+                        None,
+                        Some(&resource),
+                    ))
+                    .unwrap();
                 client_runtime.block_on(async {
                 let client = client(&url, &client_security, &history).await;
                 wait_for(&client, n as usize).await;

@@ -67,6 +67,15 @@ pub(crate) struct ResourceArgs {
     timeout: u64,
 }
 
+/// `--format json` after an apply: the report, its status and its events as log lines.
+#[derive(serde::Serialize)]
+struct ReportJson<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    status: &'static str,
+    lines: Vec<String>,
+}
+
 fn parse_attributes(given: &[String]) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
     let mut attrs = BTreeMap::new();
     for pair in given {
@@ -153,7 +162,10 @@ pub(crate) fn run(args: ResourceArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCod
     let report = runtime.block_on(engine.apply(&type_name, title, &attrs, args.noop))?;
     log_events(&report, io)?;
     if args.format == Format::Json {
-        write_json(&report, io)?;
+        write_json(
+            &ReportJson { status: report.status(), lines: report.lines(), report: &report },
+            io,
+        )?;
     } else {
         // Like `puppet resource`: the attributes given, plus ensure and provider.
         let given: Vec<String> = attrs.keys().cloned().collect();

@@ -112,3 +112,28 @@ fn broken_ddls_are_refused() {
         assert!(err.contains(expect), "{text}: {err}");
     }
 }
+
+#[test]
+fn extra_inputs_are_checked_against_their_spec() {
+    let ddl = AgentDdl::from_json(
+        r#"{"metadata": {"name": "open", "description": "d", "timeout": 5},
+            "actions": [{"action": "apply",
+              "input": {"type": {"prompt": "T", "type": "string", "optional": false}},
+              "extra_input": {"prompt": "A", "type": "string", "optional": true, "maxlength": 5}}]}"#,
+    )
+    .unwrap();
+    let action = ddl.action("apply").unwrap();
+    let mut data: Map<String, Value> =
+        serde_json::from_str(r#"{"type": "user", "comment": "short"}"#).unwrap();
+    validate_inputs(action, &mut data).unwrap();
+    let mut long: Map<String, Value> =
+        serde_json::from_str(r#"{"type": "user", "comment": "far too long"}"#).unwrap();
+    let err = validate_inputs(action, &mut long).unwrap_err();
+    assert!(err.message.contains("\"comment\"") && err.message.contains("longer than 5"), "{err}");
+    let mut number: Map<String, Value> =
+        serde_json::from_str(r#"{"type": "user", "uid": 5}"#).unwrap();
+    assert!(validate_inputs(action, &mut number).unwrap_err().message.contains("\"uid\""));
+    let bad = r#"{"metadata": {"name": "open", "description": "d", "timeout": 5},
+        "actions": [{"action": "apply", "extra_input": {"type": "string", "validation": "("}}]}"#;
+    assert!(AgentDdl::from_json(bad).unwrap_err().to_string().contains("(extra)"));
+}

@@ -602,18 +602,21 @@ fn node_config(node: &str, dir: &Path) -> String {
     let managed = if node == "ral3.example.com" { "user[cohort-test-rip]\n" } else { "" };
     std::fs::write(state.join("resources.txt"), format!("{managed}class[main]\n")).unwrap();
     let puppet_dirs = format!("puppet_state_dirs = [{:?}]\n", state.display().to_string());
+    let audit = dir.join(format!("{node}-audit.jsonl"));
+    let audit = format!("[security]\naudit_log = {:?}\n", audit.display().to_string());
     let table = match node {
         "ral1.example.com" => {
-            "[resource]\nallow_types = [\"user\", \"package\", \"mailalias\", \"exec\"]\n"
+            "[resource]\nallow_types = [\"user\", \"package\", \"mailalias\", \"exec\", \"notify\"]\n\
+             puppet = \"/nonexistent/puppet\"\n"
         }
         "ral2.example.com" => {
-            "[resource]\nallow_types = [\"exec\", \"host\"]\nexec_provider = \"shell\"\n"
+            "[resource]\nallow_types = [\"exec\", \"host\", \"notify\"]\nexec_provider = \"shell\"\n"
         }
         _ => {
             "[resource]\nallow_types = [\"user\"]\n[resource.names.user]\nallow = [\"cohort-test-rip\"]\n"
         }
     };
-    format!("{puppet_dirs}{table}")
+    format!("{puppet_dirs}{audit}{table}")
 }
 
 fn rpc_json(fleet: &Fleet, args: &[&str]) -> Value {
@@ -811,7 +814,88 @@ fn seed_command_lines_through_daemons() {
     assert_eq!(bad["ral1.example.com"]["statuscode"], 4);
     assert!(bad["ral1.example.com"]["statusmsg"].as_str().unwrap().contains("'uid'"));
 
+    // A type Cohort does not manage goes to Puppet where it is installed, and is refused by
+    // name where it is not.
+    let result = by_node(&rpc_json(
+        &fleet,
+        &["resource", "apply", "type=notify", "name=hello", "message=hi", "-W", "role=ral"],
+    ));
+    let with_puppet = &result["ral2.example.com"];
+    assert_eq!(with_puppet["statuscode"], 0, "{with_puppet}");
+    assert_eq!(
+        with_puppet["data"]["events"][0],
+        "/Notify[hello]/message: defined 'message' as 'hi'"
+    );
+    let without = &result["ral1.example.com"];
+    assert_eq!(without["statuscode"], 1);
+    let message = without["statusmsg"].as_str().unwrap();
+    assert!(message.starts_with("Could not find type notify"), "{without}");
+
+    // The audit log has the request, the hash redacted.
+    let audit = std::fs::read_to_string(dir.join("ral1.example.com-audit.jsonl")).unwrap();
+    assert!(audit.contains("cohort-test-rip") && audit.contains("[redacted]"), "{audit}");
+    assert!(!audit.contains("$1$xxx"), "the hash reached the audit log");
+
     sh(
         "userdel -r cohort-test-rip 2>/dev/null; userdel -r cohort-test-foo 2>/dev/null; dpkg -P cohort-test-unix2dos >/dev/null 2>&1; true",
+    );
+}
+
+/// Needs neither root nor Puppet: the CLI on a hosts file of its own.
+#[test]
+fn resource_cli_on_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = write(dir.path(), "hosts", "# mine\n10.0.0.7 web1 www\n");
+    let target = format!("target={}", hosts.display());
+    let run = |args: &[&str]| cohort().arg("resource").args(args).output().unwrap();
+
+    let noop = run(&["host", "db1", "ip=10.0.0.5", &target, "--noop"]);
+    assert!(noop.status.success(), "{}", stderr(&noop));
+    assert_eq!(
+        stderr(&noop),
+        "Notice: /Host[db1]/ensure: current_value 'absent', should be 'present' (noop)\n"
+    );
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "# mine\n10.0.0.7 web1 www\n");
+
+    let made = run(&["host", "db1", "ip=10.0.0.5", "host_aliases=db", &target]);
+    assert_eq!(stderr(&made), "Notice: /Host[db1]/ensure: created\n");
+    assert_eq!(
+        stdout(&made),
+        format!(
+            "host {{ 'db1':\n  ensure       => 'present',\n  host_aliases => ['db'],\n  ip           => '10.0.0.5',\n  provider     => 'parsed',\n  target       => '{}',\n}}\n",
+            hosts.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "# mine\n10.0.0.7 web1 www\n10.0.0.5\tdb1\tdb\n"
+    );
+
+    let json = run(&["host", "web1", "ip=10.0.0.8", &target, "--format", "json"]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["status"], "changed", "{report}");
+    assert_eq!(report["lines"][0], "/Host[web1]/ip: ip changed '10.0.0.7' to '10.0.0.8'");
+    assert_eq!(report["changed"], true);
+    assert_eq!(report["events"][0]["message"], "ip changed '10.0.0.7' to '10.0.0.8'");
+    assert_eq!(report["state"]["host_aliases"], serde_json::json!(["www"]));
+
+    let yaml = run(&["host", "web1", "ip=10.0.0.8", &target, "--format", "yaml"]);
+    assert!(stderr(&yaml).is_empty(), "in sync, nothing logged: {}", stderr(&yaml));
+    assert!(stdout(&yaml).starts_with("host:\n  web1:\n"), "{}", stdout(&yaml));
+
+    let bad = run(&["host", "db2", "ip=10.0.0.300", &target]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("invalid value for host attribute 'ip': \"10.0.0.300\""),
+        "{}",
+        stderr(&bad)
+    );
+    let unknown = run(&["nosuchtype", "x", "a=b", "--puppet", "/nonexistent/puppet"]);
+    assert!(stderr(&unknown).contains("Could not find type nosuchtype"), "{}", stderr(&unknown));
+    let files = run(&["file"]);
+    assert!(stderr(&files).contains("Listing all file instances is not supported"));
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "# mine\n10.0.0.8\tweb1\twww\n10.0.0.5\tdb1\tdb\n"
     );
 }
