@@ -530,6 +530,50 @@ mod tests {
     }
 
     #[test]
+    fn group_members_mailalias_and_keys() {
+        let group = desired(Kind::Group, "ops", &[("members", json!("alice,bob"))]);
+        let current =
+            state(&[("ensure", "present".into()), ("members", Value::List(vec!["alice".into()]))]);
+        assert_eq!(
+            messages(&group, &current, &Outcome::Done),
+            ["members: members changed alice to 'alice,bob'"]
+        );
+        let all = state(&[
+            ("ensure", "present".into()),
+            ("members", Value::List(vec!["bob".into(), "alice".into(), "carol".into()])),
+        ]);
+        assert!(changes(&group, &all).is_empty(), "minimum membership is a subset");
+        let alias = desired(Kind::Mailalias, "team", &[("recipient", json!("carol"))]);
+        let current = state(&[
+            ("ensure", "present".into()),
+            ("recipient", Value::List(vec!["alice".into(), "bob".into()])),
+        ]);
+        assert_eq!(
+            messages(&alias, &current, &Outcome::Done),
+            ["recipient: recipient changed ['alice', 'bob'] to ['carol']"]
+        );
+        let key = desired(
+            Kind::SshAuthorizedKey,
+            "alice@laptop",
+            &[("type", json!("ssh-ed25519")), ("key", json!("AAAA")), ("user", json!("alice"))],
+        );
+        let absent = state(&[("ensure", "absent".into())]);
+        assert_eq!(messages(&key, &absent, &Outcome::Done), ["ensure: created"]);
+        let other = state(&[
+            ("ensure", "present".into()),
+            ("type", "ssh-rsa".into()),
+            ("key", "BBBB".into()),
+        ]);
+        assert_eq!(
+            messages(&key, &other, &Outcome::Noop),
+            [
+                "type: current_value 'ssh-rsa', should be 'ssh-ed25519' (noop)",
+                "key: current_value 'BBBB', should be 'AAAA' (noop)"
+            ]
+        );
+    }
+
+    #[test]
     fn mount_and_cron_specials() {
         let mount = desired(
             Kind::Mount,

@@ -452,31 +452,10 @@ pub(crate) fn plugin(args: PluginArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
             writeln!(io.out, "           This action does not have any inputs")?;
         }
         for (input_name, input) in &action.input {
-            writeln!(io.out, "           {input_name}:")?;
-            writeln!(io.out, "              Description: {}", input.description)?;
-            writeln!(io.out, "                   Prompt: {}", input.prompt)?;
-            writeln!(
-                io.out,
-                "                     Type: {}",
-                serde_json::to_value(input.kind)?.as_str().unwrap_or_default()
-            )?;
-            writeln!(io.out, "                 Optional: {}", input.optional)?;
-            if let Some(validation) = &input.validation {
-                writeln!(io.out, "               Validation: {validation}")?;
-            }
-            if let Some(length) = input.maxlength {
-                writeln!(io.out, "                   Length: {length}")?;
-            }
-            if let Some(list) = &input.list {
-                let values: Vec<String> = list.iter().map(text).collect();
-                writeln!(io.out, "                   Values: {}", values.join(", "))?;
-            }
-            if let Some(default) = &input.default {
-                writeln!(io.out, "                  Default: {}", text(default))?;
-            }
-            if input.sensitive {
-                writeln!(io.out, "                Sensitive: redacted in audit logs")?;
-            }
+            write_input(io, input_name, input)?;
+        }
+        if let Some(extra) = &action.extra_input {
+            write_input(io, "(any other name)", extra)?;
         }
         writeln!(io.out, "\n       OUTPUT:")?;
         if action.output.is_empty() {
@@ -490,4 +469,34 @@ pub(crate) fn plugin(args: PluginArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         writeln!(io.out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One input of `plugin doc`, in MCollective's layout.
+fn write_input(io: &mut Io<'_>, name: &str, input: &cohort_ddl::InputDdl) -> anyhow::Result<()> {
+    writeln!(io.out, "           {name}:")?;
+    writeln!(io.out, "              Description: {}", input.description)?;
+    writeln!(io.out, "                   Prompt: {}", input.prompt)?;
+    writeln!(
+        io.out,
+        "                     Type: {}",
+        serde_json::to_value(input.kind)?.as_str().unwrap_or_default()
+    )?;
+    writeln!(io.out, "                 Optional: {}", input.optional)?;
+    if let Some(validation) = &input.validation {
+        writeln!(io.out, "               Validation: {validation}")?;
+    }
+    if let Some(length) = input.maxlength {
+        writeln!(io.out, "                   Length: {length}")?;
+    }
+    if let Some(list) = &input.list {
+        let values: Vec<String> = list.iter().map(text).collect();
+        writeln!(io.out, "                   Values: {}", values.join(", "))?;
+    }
+    if let Some(default) = &input.default {
+        writeln!(io.out, "                  Default: {}", text(default))?;
+    }
+    if input.sensitive {
+        writeln!(io.out, "                Sensitive: redacted in audit logs")?;
+    }
+    Ok(())
 }
