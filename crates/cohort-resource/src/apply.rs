@@ -150,11 +150,30 @@ impl Resources {
         state
     }
 
-    fn puppet_for(&self, type_name: &str) -> Result<&PathBuf, ApplyError> {
+    /// `puppet resource TYPE [TITLE [attrs]]` for a type Cohort does not manage, when Puppet
+    /// is installed; its overall errors (`Could not run: …`) are errors here.
+    async fn puppet(
+        &self,
+        type_name: &str,
+        title: Option<&str>,
+        attrs: &BTreeMap<String, String>,
+        noop: bool,
+    ) -> Result<puppet::PuppetRun, ApplyError> {
         if !is_valid_type_name(type_name) {
             return Err(ApplyError::UnknownType(type_name.to_owned()));
         }
-        self.puppet.as_ref().ok_or_else(|| ApplyError::UnknownType(type_name.to_owned()))
+        let Some(program) = &self.puppet else {
+            return Err(ApplyError::UnknownType(type_name.to_owned()));
+        };
+        puppet::check_arguments(title.unwrap_or_default(), attrs).map_err(ApplyError::Puppet)?;
+        let run =
+            puppet::resource(program, type_name, title, attrs, noop, self.env.command_timeout)
+                .await
+                .map_err(ApplyError::Puppet)?;
+        match run.errors.first() {
+            Some(error) => Err(ApplyError::Puppet(error.clone())),
+            None => Ok(run),
+        }
     }
 
     /// Makes `type_name[title]` as `attrs` say (`noop` among them, or `noop` here).
@@ -247,22 +266,7 @@ impl Resources {
         attrs: &BTreeMap<String, serde_json::Value>,
         noop: bool,
     ) -> Result<Report, ApplyError> {
-        let puppet = self.puppet_for(type_name)?;
-        let attrs = text_attrs(attrs);
-        puppet::check_arguments(title, &attrs).map_err(ApplyError::Puppet)?;
-        let run = puppet::resource(
-            puppet,
-            type_name,
-            Some(title),
-            &attrs,
-            noop,
-            self.env.command_timeout,
-        )
-        .await
-        .map_err(ApplyError::Puppet)?;
-        if let Some(error) = run.errors.first() {
-            return Err(ApplyError::Puppet(error.clone()));
-        }
+        let run = self.puppet(type_name, Some(title), &text_attrs(attrs), noop).await?;
         let failed = run.events.iter().any(|e| e.status == "failure");
         Ok(Report {
             type_name: type_name.to_owned(),
@@ -279,21 +283,7 @@ impl Resources {
     /// The current state of `type_name[title]`.
     pub async fn find(&self, type_name: &str, title: &str) -> Result<Shown, ApplyError> {
         let Some(kind) = Kind::from_name(type_name) else {
-            let puppet = self.puppet_for(type_name)?;
-            puppet::check_arguments(title, &BTreeMap::new()).map_err(ApplyError::Puppet)?;
-            let run = puppet::resource(
-                puppet,
-                type_name,
-                Some(title),
-                &BTreeMap::new(),
-                false,
-                self.env.command_timeout,
-            )
-            .await
-            .map_err(ApplyError::Puppet)?;
-            if let Some(error) = run.errors.first() {
-                return Err(ApplyError::Puppet(error.clone()));
-            }
+            let run = self.puppet(type_name, Some(title), &BTreeMap::new(), false).await?;
             return Ok(Shown {
                 type_name: type_name.to_owned(),
                 title: title.to_owned(),
@@ -313,20 +303,7 @@ impl Resources {
     /// Every instance of `type_name`, sorted by title.
     pub async fn search(&self, type_name: &str) -> Result<Vec<Shown>, ApplyError> {
         let Some(kind) = Kind::from_name(type_name) else {
-            let puppet = self.puppet_for(type_name)?;
-            let run = puppet::resource(
-                puppet,
-                type_name,
-                None,
-                &BTreeMap::new(),
-                false,
-                self.env.command_timeout,
-            )
-            .await
-            .map_err(ApplyError::Puppet)?;
-            if let Some(error) = run.errors.first() {
-                return Err(ApplyError::Puppet(error.clone()));
-            }
+            let run = self.puppet(type_name, None, &BTreeMap::new(), false).await?;
             return Ok(run
                 .resources
                 .into_iter()

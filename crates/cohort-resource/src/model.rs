@@ -799,7 +799,6 @@ impl Desired {
                     desired.provider = Some(provider);
                     continue;
                 }
-                "title" => continue,
                 meta if CATALOG_METAPARAMS.contains(&meta) => {
                     return Err(ResourceError::Metaparameter(meta.to_owned()));
                 }

@@ -21,62 +21,101 @@ fn uses_shell(desired: &Desired, env: &Env) -> bool {
     }
 }
 
-/// The process for `line`, set up as the resource says (user, group, cwd, environment, path,
-/// umask), or why it cannot run.
-fn prepare(desired: &Desired, line: &str, env: &Env) -> Result<tokio::process::Command, String> {
-    let shell = uses_shell(desired, env);
-    let path = desired.list("path").join(":");
+/// The words that run `line` as the resource says (shell or not, umask), before any change of
+/// user.
+fn argv(desired: &Desired, line: &str, env: &Env) -> Result<Vec<String>, String> {
     let umask = desired.param("umask");
-    let mut command = if shell {
+    if uses_shell(desired, env) {
         let script = match umask {
             Some(mask) => format!("umask {mask}; {line}"),
             None => line.to_owned(),
         };
-        let mut command = tokio::process::Command::new("/bin/sh");
-        command.arg("-c").arg(script);
-        command
-    } else {
-        if let Some(token) = shell_syntax(line) {
-            return Err(format!(
-                "'{line}' uses shell syntax ({token}) and the posix provider runs commands without a shell; use provider=shell"
-            ));
+        return Ok(vec!["/bin/sh".into(), "-c".into(), script]);
+    }
+    if let Some(token) = shell_syntax(line) {
+        return Err(format!(
+            "'{line}' uses shell syntax ({token}) and the posix provider runs commands without a shell; use provider=shell"
+        ));
+    }
+    let mut words = shlex::split(line).ok_or_else(|| format!("'{line}' has unbalanced quotes"))?;
+    let Some(program) = words.first_mut() else {
+        return Err("the command is empty".into());
+    };
+    if !program.starts_with('/') {
+        *program = desired
+            .list("path")
+            .iter()
+            .map(|dir| Path::new(dir).join(&*program))
+            .find(|candidate| candidate.is_file())
+            .map(|found| found.display().to_string())
+            .ok_or_else(|| format!("Could not find command '{program}'"))?;
+    }
+    Ok(match umask {
+        // A fixed trampoline: the words are passed as arguments, never parsed by the shell.
+        Some(mask) => {
+            let mut trampoline = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("umask {mask} && exec \"$@\""),
+                "sh".into(),
+            ];
+            trampoline.extend(words);
+            trampoline
         }
-        let words = shlex::split(line).ok_or_else(|| format!("'{line}' has unbalanced quotes"))?;
-        let Some((program, args)) = words.split_first() else {
-            return Err("the command is empty".into());
-        };
-        let program = if program.starts_with('/') {
-            program.clone()
-        } else {
-            desired
-                .list("path")
-                .iter()
-                .map(|dir| Path::new(dir).join(program))
-                .find(|candidate| candidate.is_file())
-                .map(|found| found.display().to_string())
-                .ok_or_else(|| format!("Could not find command '{program}'"))?
-        };
-        match umask {
-            // A fixed trampoline: the words are passed as arguments, never parsed by the shell.
-            Some(mask) => {
-                let mut command = tokio::process::Command::new("/bin/sh");
-                command
-                    .arg("-c")
-                    .arg(format!("umask {mask} && exec \"$@\""))
-                    .arg("sh")
-                    .arg(&program)
-                    .args(args);
-                command
-            }
-            None => {
-                let mut command = tokio::process::Command::new(&program);
-                command.args(args);
-                command
-            }
+        None => words,
+    })
+}
+
+/// The process for `line`, set up as the resource says (user, group, cwd, environment, path,
+/// umask), or why it cannot run. Another user or group is taken with `setpriv`, so the command
+/// gets that user's supplementary groups, not root's.
+fn prepare(desired: &Desired, line: &str, env: &Env) -> Result<tokio::process::Command, String> {
+    let mut words = argv(desired, line, env)?;
+    let group = match desired.param("group") {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match nix::unistd::Group::from_name(name) {
+                Ok(Some(group)) => group.gid.as_raw(),
+                _ => return Err(format!("Could not find group {name}")),
+            },
+        }),
+    };
+    let user = match desired.param("user") {
+        None => None,
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => {
+                    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()
+                }
+                Err(_) => nix::unistd::User::from_name(name).ok().flatten(),
+            };
+            Some(found.ok_or_else(|| format!("Could not find user {name}"))?)
         }
     };
+    let mut privileges: Vec<String> = Vec::new();
+    if let Some(user) = &user {
+        let gid = group.unwrap_or(user.gid.as_raw());
+        privileges.extend(["--reuid".into(), user.uid.as_raw().to_string()]);
+        privileges.extend(["--regid".into(), gid.to_string(), "--init-groups".into()]);
+    } else if let Some(gid) = group {
+        privileges.extend(["--regid".into(), gid.to_string(), "--clear-groups".into()]);
+    }
+    if !privileges.is_empty() {
+        let mut wrapped = vec!["/usr/bin/setpriv".to_owned()];
+        wrapped.extend(privileges);
+        wrapped.push("--".into());
+        wrapped.append(&mut words);
+        words = wrapped;
+    }
+    let mut command = tokio::process::Command::new(&words[0]);
+    command.args(&words[1..]);
+    let path = desired.list("path").join(":");
     if !path.is_empty() {
         command.env("PATH", path);
+    }
+    if let Some(user) = &user {
+        command.env("HOME", &user.dir).env("USER", &user.name).env("LOGNAME", &user.name);
     }
     for pair in desired.list("environment") {
         if let Some((name, value)) = pair.split_once('=') {
@@ -85,31 +124,6 @@ fn prepare(desired: &Desired, line: &str, env: &Env) -> Result<tokio::process::C
     }
     if let Some(dir) = desired.param("cwd") {
         command.current_dir(dir);
-    }
-    if let Some(name) = desired.param("group") {
-        let group = match name.parse::<u32>() {
-            Ok(gid) => nix::unistd::Gid::from_raw(gid),
-            Err(_) => match nix::unistd::Group::from_name(name) {
-                Ok(Some(group)) => group.gid,
-                _ => return Err(format!("Could not find group {name}")),
-            },
-        };
-        command.gid(group.as_raw());
-    }
-    if let Some(name) = desired.param("user") {
-        let user = match name.parse::<u32>() {
-            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten(),
-            Err(_) => nix::unistd::User::from_name(name).ok().flatten(),
-        };
-        let Some(user) = user else { return Err(format!("Could not find user {name}")) };
-        if desired.param("group").is_none() {
-            command.gid(user.gid.as_raw());
-        }
-        command
-            .uid(user.uid.as_raw())
-            .env("HOME", &user.dir)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
     }
     Ok(command)
 }

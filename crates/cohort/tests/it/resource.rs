@@ -261,6 +261,15 @@ fn exec_side_by_side_and_posix_refusal() {
     assert!(stderr(&shell).contains("executed successfully"), "{}", stderr(&shell));
     let again = Tool::Cohort.run(&["exec", &line, &format!("creates={date}"), "provider=shell"]);
     assert!(logged(Tool::Cohort, &again).is_empty(), "creates did not hold it back");
+    // Another user gets that user's groups, not root's.
+    let id = Tool::Cohort.run(&["exec", "/usr/bin/id -G", "user=nobody", "logoutput=true"]);
+    assert_eq!(
+        logged(Tool::Cohort, &id),
+        [
+            "/Exec[/usr/bin/id -G]/returns: 65534",
+            "/Exec[/usr/bin/id -G]/returns: executed successfully"
+        ]
+    );
 }
 
 fn parsed_fixture(dir: &Path, name: &str, text: &str) {
