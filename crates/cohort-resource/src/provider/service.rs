@@ -87,19 +87,22 @@ fn rc_enabled(name: &str) -> bool {
     })
 }
 
+/// `enable` from what `systemctl is-enabled` prints, as Puppet's systemd provider reads it.
+pub(crate) fn systemd_enable(word: &str) -> &'static str {
+    match word {
+        "enabled" | "enabled-runtime" | "alias" | "static" | "indirect" | "generated"
+        | "transient" => "true",
+        "masked" | "masked-runtime" => "mask",
+        _ => "false",
+    }
+}
+
 async fn enabled(name: &str, env: &Env) -> Result<String, ProviderError> {
     if systemd() {
         let ran = command("systemctl", &["is-enabled", &unit(name)], None, env)
             .await
             .map_err(ProviderError)?;
-        let word = ran.stdout.trim();
-        return Ok(match word {
-            "enabled" | "enabled-runtime" | "alias" | "static" | "indirect" | "generated"
-            | "transient" => "true",
-            "masked" | "masked-runtime" => "mask",
-            _ => "false",
-        }
-        .to_owned());
+        return Ok(systemd_enable(ran.stdout.trim()).to_owned());
     }
     Ok(if rc_enabled(name) { "true" } else { "false" }.to_owned())
 }
@@ -231,4 +234,20 @@ pub(super) async fn sync(
         results.push(result);
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_enablement_words() {
+        assert_eq!(systemd_enable("enabled"), "true");
+        assert_eq!(systemd_enable("static"), "true");
+        assert_eq!(systemd_enable("masked"), "mask");
+        assert_eq!(systemd_enable("disabled"), "false");
+        assert_eq!(systemd_enable(""), "false");
+        assert_eq!(unit("ssh"), "ssh.service");
+        assert_eq!(unit("getty@tty1.service"), "getty@tty1.service");
+    }
 }
