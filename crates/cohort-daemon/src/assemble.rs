@@ -141,6 +141,7 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
             config: config.resource.clone(),
             puppet_state_dirs: config.puppet_state_dirs.clone(),
         },
+        puppet: config.puppet.clone(),
     };
     let (agents, errors) =
         load_agents(config.agents_dir.as_deref(), config.max_agent_output, &agent_settings);

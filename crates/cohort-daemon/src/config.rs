@@ -55,6 +55,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// What the resource agent may manage (default: nothing).
     pub resource: cohort_resource::policy::ResourceConfig,
+    /// How the puppet agent finds and runs Puppet.
+    pub puppet: cohort_puppet::PuppetConfig,
 }
 
 /// The `[security]` table. Without `issuers`, `key` and `credential` the daemon refuses to
@@ -144,6 +146,7 @@ impl Default for Config {
             puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),
             security: SecurityConfig::default(),
             resource: cohort_resource::policy::ResourceConfig::default(),
+            puppet: cohort_puppet::PuppetConfig::default(),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct AgentSettings {
     pub nrpe: crate::nrpe::NrpeSettings,
     /// The resource agent's settings.
     pub resource: crate::resource::ResourceSettings,
+    /// The puppet agent's settings.
+    pub puppet: cohort_puppet::PuppetConfig,
 }
 
 /// Agents compiled into Cohort: the one list of them.
@@ -40,6 +42,9 @@ pub fn builtin_agents(settings: &AgentSettings) -> Vec<Arc<dyn Agent>> {
     }
     if let Some(nrpe) = crate::nrpe::Nrpe::new(settings.nrpe.clone()) {
         agents.push(Arc::new(nrpe));
+    }
+    if let Some(puppet) = crate::puppet::Puppet::new(settings.puppet.clone()) {
+        agents.push(Arc::new(puppet));
     }
     for name in ["resource", "puppetral"] {
         if let Some(agent) = crate::resource::ResourceAgent::new(name, &settings.resource) {

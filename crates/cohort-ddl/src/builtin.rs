@@ -16,8 +16,11 @@ pub const RESOURCE: &str = include_str!("../ddl/resource.json");
 /// `puppetral`: the original agent's name and `do` action, served by the resource agent.
 pub const PUPPETRAL: &str = include_str!("../ddl/puppetral.json");
 
+/// `puppet`: Puppet run management.
+pub const PUPPET: &str = include_str!("../ddl/puppet.json");
+
 /// The text of every built-in DDL.
-pub const ALL: &[&str] = &[RPCUTIL, NRPE, RESOURCE, PUPPETRAL];
+pub const ALL: &[&str] = &[RPCUTIL, NRPE, RESOURCE, PUPPETRAL, PUPPET];
 
 /// Every built-in DDL, parsed once per process (a fleet simulator creates thousands of nodes,
 /// and parsing checks every validation regex). Each is checked by a test, so parsing cannot

@@ -18,14 +18,14 @@ use crate::output::{Io, finished_line, name_grid};
 
 /// The client side of one application run, set up once: settings (key files, trust), the node
 /// source (which may consume standard input) and the broker connection.
-struct Session {
+pub(crate) struct Session {
     settings: Settings,
     method: Method,
     client: cohort_client::Client,
 }
 
 impl Session {
-    async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
+    pub(crate) async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
         let settings = common.settings()?;
         let method = common.discovery.method(filter, &settings.config.collective)?;
         let client = settings.connect().await?;
@@ -39,8 +39,20 @@ impl Session {
         action: &str,
         data: Map<String, Value>,
     ) -> anyhow::Result<(Discovered, CallResult)> {
+        self.call("rpcutil", filter, action, data, None).await
+    }
+
+    /// Calls `<agent> <action>` on `listed` nodes, or on those the method finds for `filter`.
+    pub(crate) async fn call(
+        &self,
+        agent: &str,
+        filter: &Filter,
+        action: &str,
+        data: Map<String, Value>,
+        listed: Option<BTreeSet<Identity>>,
+    ) -> anyhow::Result<(Discovered, CallResult)> {
         let config = &self.settings.config;
-        let agent = AgentName::new("rpcutil")?;
+        let agent = AgentName::new(agent)?;
         let call = Call {
             agent: agent.clone(),
             action: action.to_owned(),
@@ -51,7 +63,10 @@ impl Session {
             timeout: reply_timeout(config.timeout, None, config.discovery_timeout),
             ttl: config.ttl,
         };
-        let selection = self.method.selection(filter, self.settings.discovery()).for_agent(&agent);
+        let selection = match listed {
+            Some(nodes) => cohort_client::Selection::Listed(nodes),
+            None => self.method.selection(filter, self.settings.discovery()).for_agent(&agent),
+        };
         let (discovered, result) =
             self.client.run(selection, Spread::default(), call, |_| {}, |_| {}).await?;
         crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;
@@ -59,7 +74,7 @@ impl Session {
     }
 }
 
-fn finished(io: &mut Io<'_>, result: &CallResult) -> anyhow::Result<()> {
+pub(crate) fn finished(io: &mut Io<'_>, result: &CallResult) -> anyhow::Result<()> {
     let stats = &result.stats;
     writeln!(io.out, "{}", finished_line(stats))?;
     if !stats.no_responses.is_empty() {

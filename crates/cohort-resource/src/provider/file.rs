@@ -11,16 +11,10 @@ use crate::model::{Desired, Value};
 
 use super::{Env, ProviderError, write_atomic};
 
+/// Puppet's `2026-09-23 17:59:01 +0000`.
 fn time_text(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rest = secs.rem_euclid(86_400);
-    format!(
-        "{} {:02}:{:02}:{:02} +0000",
-        super::accounts::date_of_day(days),
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    let utc = super::accounts::utc_text(secs);
+    format!("{} +0000", utc.trim_end_matches('Z').replace('T', " "))
 }
 
 pub(super) fn retrieve(path: &str) -> Result<State, ProviderError> {
