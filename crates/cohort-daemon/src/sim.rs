@@ -196,7 +196,7 @@ impl Fleet {
         seed: u64,
         security: Option<&FleetSecurity>,
         nrpe: Option<&std::path::Path>,
-        resource: Option<&crate::resource::ResourceSettings>,
+        agents: Option<&AgentSettings>,
     ) -> Result<Fleet, async_nats::ConnectError> {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
         let collective =
@@ -219,13 +219,11 @@ impl Fleet {
                 vec![collective.clone()],
                 facts,
                 {
-                    let mut settings = AgentSettings::default();
+                    let mut settings = agents.cloned().unwrap_or_default();
                     if let Some(dir) = nrpe {
                         settings.nrpe.config = vec![dir.join(format!("{identity}.cfg"))];
                     }
-                    if let Some(resource) = resource {
-                        settings.resource = resource.clone();
-                    }
+                    settings.puppet = for_node(&settings.puppet, identity.as_str());
                     let mut agents = builtin_agents(&settings);
                     if let Some(bench) = BenchAgent::new() {
                         agents.push(Arc::new(bench));
@@ -307,6 +305,26 @@ fn node_security(
         ),
         crate::security::DEFAULT_REPLAY_CAPACITY,
     ))
+}
+
+/// Each simulated node's own Puppet: `{identity}` in the configured paths and arguments
+/// becomes the node's name (a benchmark gives every node its own state directory).
+fn for_node(config: &cohort_puppet::PuppetConfig, identity: &str) -> cohort_puppet::PuppetConfig {
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref().map(|p| {
+            std::path::PathBuf::from(p.display().to_string().replace("{identity}", identity))
+        })
+    };
+    cohort_puppet::PuppetConfig {
+        extra_args: config.extra_args.iter().map(|a| a.replace("{identity}", identity)).collect(),
+        agent_disabled_lockfile: path(&config.agent_disabled_lockfile),
+        agent_catalog_run_lockfile: path(&config.agent_catalog_run_lockfile),
+        lastrunfile: path(&config.lastrunfile),
+        lastrunreport: path(&config.lastrunreport),
+        pidfile: path(&config.pidfile),
+        resourcefile: path(&config.resourcefile),
+        ..config.clone()
+    }
 }
 
 #[cfg(test)]

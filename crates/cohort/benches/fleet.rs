@@ -10,7 +10,9 @@
 //! - `blob64k`: every node replies with 64 KiB;
 //! - `10clients`: ten `ping` round trips at once from ten clients (wall time of all ten);
 //! - `resource`: `resource apply` of a file every node already has as asked (in sync: each
-//!   node reads it, hashes it, compares, and reports no change).
+//!   node reads it, hashes it, compares, and reports no change);
+//! - `puppet_status`: the `puppet` agent's `status` (each node reads its Puppet lock, pid and
+//!   summary files).
 //!
 //! Each scenario first runs once unmeasured: that run, like a user's first command with a
 //! filter, has no discovery history and holds to `--dt`; the measured runs expect its count.
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 use cohort_client::history::History;
 use cohort_client::{Call, Client, ClientOptions, ClientSecurity, DiscoveryOptions, Targets};
 use cohort_daemon::resource::ResourceSettings;
+use cohort_daemon::run::AgentSettings;
 use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
 use cohort_resource::policy::ResourceConfig;
@@ -186,6 +189,37 @@ fn resource_request(history: &std::path::Path) -> serde_json::Map<String, serde_
     data
 }
 
+/// The simulated nodes' agents: `resource` may manage files; each node's Puppet state is in its
+/// own directory beside the history (nothing there: every node reports `stopped`).
+fn bench_agents(history: &std::path::Path) -> AgentSettings {
+    let state = history.with_file_name("puppet").join("{identity}");
+    let at = |name: &str| Some(state.join(name));
+    AgentSettings {
+        resource: ResourceSettings {
+            config: ResourceConfig {
+                allow_types: Some(vec!["file".into()]),
+                ..ResourceConfig::default()
+            },
+            puppet_state_dirs: Vec::new(),
+        },
+        puppet: cohort_puppet::PuppetConfig {
+            command: Some("/nonexistent/puppet".into()),
+            agent_disabled_lockfile: at("agent_disabled.lock"),
+            agent_catalog_run_lockfile: at("agent_catalog_run.lock"),
+            lastrunfile: at("last_run_summary.yaml"),
+            lastrunreport: at("last_run_report.yaml"),
+            pidfile: at("agent.pid"),
+            resourcefile: at("resources.txt"),
+            ..cohort_puppet::PuppetConfig::default()
+        },
+        ..AgentSettings::default()
+    }
+}
+
+fn stopped(data: &serde_json::Map<String, serde_json::Value>) -> bool {
+    data.get("status").and_then(serde_json::Value::as_str) == Some("stopped")
+}
+
 async fn scenario(
     name: &str,
     url: &str,
@@ -217,6 +251,10 @@ async fn scenario(
             data.insert("size".into(), serde_json::Value::from(65536));
             let blob = ("sent a blob of the wrong size", blob_ok as ReplyCheck);
             round_trip(client, Filter::default(), "bench", "blob", data, n, Some(blob)).await
+        }
+        "puppet_status" => {
+            let check = ("did not report its Puppet stopped", stopped as ReplyCheck);
+            round_trip(client, Filter::default(), "puppet", "status", empty(), n, Some(check)).await
         }
         "resource" => {
             let data = resource_request(history);
@@ -260,7 +298,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-const SCENARIOS: [&str; 6] = ["ping", "filtered", "discovery", "blob64k", "10clients", "resource"];
+const SCENARIOS: [&str; 7] =
+    ["ping", "filtered", "discovery", "blob64k", "10clients", "resource", "puppet_status"];
 
 fn main() {
     let sizes: Vec<u32> = std::env::var("COHORT_BENCH_NODES")
@@ -310,13 +349,7 @@ fn main() {
                     std::os::unix::fs::PermissionsExt::from_mode(0o644),
                 )
                 .unwrap();
-                let resource = ResourceSettings {
-                    config: ResourceConfig {
-                        allow_types: Some(vec!["file".into()]),
-                        ..ResourceConfig::default()
-                    },
-                    puppet_state_dirs: Vec::new(),
-                };
+                let agents = bench_agents(&history);
                 let fleet = nodes_runtime
                     .block_on(Fleet::start(
                         &url,
@@ -324,7 +357,7 @@ fn main() {
                         7,
                         fleet_security.as_ref(),
                         None,
-                        Some(&resource),
+                        Some(&agents),
                     ))
                     .unwrap();
                 client_runtime.block_on(async {

@@ -274,6 +274,9 @@ fn summary(result: &cohort_client::CallResult, io: &mut Io<'_>) -> anyhow::Resul
     Ok(())
 }
 
+/// How often `runall` asks the nodes what they are doing.
+const POLL: Duration = Duration::from_millis(500);
+
 fn timestamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace('T', " ")
 }
@@ -356,39 +359,36 @@ async fn runall(
                     schedule.applying()
                 )?;
             }
-            for node in starting {
-                let identity = Identity::new(node.as_str())?;
+            if !starting.is_empty() {
+                let listed: BTreeSet<Identity> =
+                    starting.iter().filter_map(|n| Identity::new(n.as_str()).ok()).collect();
                 let (_, started) = session
-                    .call("puppet", filter, "runonce", args.run.data(true), Some([identity].into()))
+                    .call("puppet", filter, "runonce", args.run.data(true), Some(listed))
                     .await?;
-                match started.replies.first().map(|r| &r.reply) {
-                    Some(reply) if reply.status == StatusCode::Ok => {
-                        let summary =
-                            reply.data.get("summary").and_then(Value::as_str).unwrap_or("");
-                        writeln!(io.out, "{}: {node} schedule status: {summary}", timestamp())?;
+                let replies: BTreeMap<&str, &cohort_proto::Reply> =
+                    started.replies.iter().map(|r| (r.reply.sender.as_str(), &r.reply)).collect();
+                for node in starting {
+                    let (said, ok) = match replies.get(node.as_str()) {
+                        Some(reply) if reply.status == StatusCode::Ok => {
+                            let summary = reply.data.get("summary").and_then(Value::as_str);
+                            (summary.unwrap_or_default().to_owned(), true)
+                        }
+                        Some(reply) => (reply.status_message.clone(), false),
+                        None => ("no response".to_owned(), false),
+                    };
+                    writeln!(io.out, "{}: {node} schedule status: {said}", timestamp())?;
+                    if ok {
                         let lastrun = lastruns.get(&node).copied().unwrap_or(0);
                         schedule.started(&node, lastrun, began.elapsed());
                         initiated += 1;
-                    }
-                    Some(reply) => {
-                        writeln!(
-                            io.out,
-                            "{}: {node} schedule status: {}",
-                            timestamp(),
-                            reply.status_message
-                        )?;
-                        schedule.not_started(&node);
-                        failures += 1;
-                    }
-                    None => {
-                        writeln!(io.out, "{}: {node} schedule status: no response", timestamp())?;
+                    } else {
                         schedule.not_started(&node);
                         failures += 1;
                     }
                 }
             }
             if !schedule.is_done() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(POLL).await;
             }
         }
         for (node, ended) in schedule.ended() {
