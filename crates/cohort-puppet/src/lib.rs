@@ -5,12 +5,17 @@
 //!
 //! The pure core is [`state`] (status from the files), [`report`] (summary and report
 //! parsing), [`runonce`] (a request to a `puppet agent` command line) and [`runall`] (the
-//! scheduling state machine, fed statuses and the time). [`host`] does the I/O on a node.
+//! scheduling state machine, fed statuses and the time), [`schedule`] (the scheduler's plan and
+//! decisions) and [`lease`] (which of several schedulers acts). [`host`] does the I/O on a node;
+//! [`metrics`] are the scheduler's Prometheus counters.
 
 pub mod host;
+pub mod lease;
+pub mod metrics;
 pub mod report;
 pub mod runall;
 pub mod runonce;
+pub mod schedule;
 pub mod state;
 
 pub use host::{PuppetAgent, PuppetConfig};

@@ -2,7 +2,8 @@
 //!
 //! Nodes may hear broadcasts and their own node subject and may send only replies and
 //! registrations, so a compromised node can neither issue requests nor read other traffic's
-//! replies. Clients may send requests and hear only the replies under their own caller hash.
+//! replies. Clients may send requests and hear only the replies under their own caller hash,
+//! and share the Puppet scheduler's lease subject (`*.scheduler.>`).
 //! Provisioners are clients that also hear registrations. The same grants configure our
 //! broker and the generated nats-server configuration.
 
@@ -28,7 +29,11 @@ pub fn grants(role: Role, name: &str) -> RoleGrants {
             publish: vec!["*.reply.>".to_owned(), "*.registration".to_owned()],
             subscribe: vec!["*.broadcast.agent.>".to_owned(), format!("*.node.{name}")],
         },
-        Role::Client => RoleGrants { publish: requests, subscribe: vec![own_replies] },
+        // Schedulers are clients; they share a lease on `<collective>.scheduler.<name>`.
+        Role::Client => RoleGrants {
+            publish: [requests, vec!["*.scheduler.>".to_owned()]].concat(),
+            subscribe: vec![own_replies, "*.scheduler.>".to_owned()],
+        },
         Role::Provisioner => RoleGrants {
             publish: requests,
             subscribe: vec![own_replies, "*.registration".to_owned()],
@@ -46,7 +51,10 @@ mod tests {
         assert!(node.subscribe.contains(&"*.node.web1.example.com".to_owned()));
         assert!(!node.publish.iter().any(|s| s.contains("broadcast") || s.contains("node")));
         let client = grants(Role::Client, "alice");
-        assert_eq!(client.subscribe, [format!("*.reply.{}.>", caller_hash("client=alice"))]);
+        assert_eq!(
+            client.subscribe,
+            [format!("*.reply.{}.>", caller_hash("client=alice")), "*.scheduler.>".to_owned()]
+        );
         let prov = grants(Role::Provisioner, "prov");
         assert!(prov.subscribe.contains(&"*.registration".to_owned()));
     }

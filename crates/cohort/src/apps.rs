@@ -25,6 +25,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The broker connection.
+    pub(crate) fn nats(&self) -> &async_nats::Client {
+        self.client.nats()
+    }
+
+    /// The collective addressed.
+    pub(crate) fn collective(&self) -> &cohort_proto::Collective {
+        &self.settings.config.collective
+    }
+
     pub(crate) async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
         let settings = common.settings()?;
         let method = common.discovery.method(filter, &settings.config.collective)?;

@@ -17,6 +17,7 @@ mod ping;
 mod puppet;
 mod resource;
 mod rpc;
+mod schedule;
 
 use std::process::ExitCode;
 

@@ -33,6 +33,8 @@ enum Action {
     Runonce,
     /// Run Puppet on every enabled matching node, at most CONCURRENCY at once.
     Runall,
+    /// The scheduler daemon: every node once per interval (`--scheduler-config FILE`).
+    Schedule,
 }
 
 /// Options of a run.
@@ -112,6 +114,9 @@ pub(crate) struct PuppetArgs {
     /// `runall`: start again this many seconds after the previous iteration began.
     #[arg(long, value_name = "SECONDS")]
     rerun: Option<u64>,
+    /// `schedule`: the scheduler's configuration file.
+    #[arg(long, value_name = "FILE", default_value = "/etc/cohort/puppet-scheduler.toml")]
+    scheduler_config: std::path::PathBuf,
     /// `runall`: a run not seen applying this long after it was started is given up on.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     start_grace: u64,
@@ -140,6 +145,14 @@ fn flag(data: &Map<String, Value>, key: &str) -> bool {
 
 /// `cohort puppet ACTION ...`.
 pub(crate) async fn run(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Action::Schedule => crate::schedule::run(&args.scheduler_config, &args.common, io).await,
+        _ => fleet(args, io).await,
+    }
+}
+
+/// Every action but `schedule`: one call across the fleet (or `runall`'s loop).
+async fn fleet(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let filter = args.filter.build()?;
     let session = Session::open(&args.common, &filter).await?;
     let call = |action: &'static str, data: Map<String, Value>| {
@@ -159,7 +172,7 @@ pub(crate) async fn run(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<Exi
             call("disable", data).await?.1
         }
         Action::Runonce => call("runonce", args.run.data(false)).await?.1,
-        Action::Runall => return runall(&args, &session, &filter, io).await,
+        Action::Runall | Action::Schedule => return runall(&args, &session, &filter, io).await,
     };
     match args.action {
         Action::Count => count(&result, io)?,

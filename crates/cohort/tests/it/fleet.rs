@@ -123,7 +123,7 @@ impl Fleet {
         self.add_node_configured(spec, agents, "");
     }
 
-    fn add_node_configured(&mut self, spec: &NodeSpec, agents: &Path, extra: &str) {
+    pub fn add_node_configured(&mut self, spec: &NodeSpec, agents: &Path, extra: &str) {
         let node_dir = self.dir.path().join(spec.name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let facts = write(&node_dir, spec.fact_file, spec.facts);

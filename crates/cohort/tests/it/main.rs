@@ -15,6 +15,7 @@ mod operator;
 mod process;
 mod puppet;
 mod resource;
+mod schedule;
 mod security;
 mod stress;
 mod tidy;
