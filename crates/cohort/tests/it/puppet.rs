@@ -108,32 +108,35 @@ fn puppet_home(base: &Path, node: &str, log: &Path, failing: bool) -> (PathBuf, 
          && openssl x509 -req -in node.csr -CA certs/ca.pem -CAkey ca.key -CAcreateserial -out certs/{node}.pem -days 2 2>/dev/null",
         ssl = ssl.display()
     ));
-    let dir = |name: &str| home.join(name).display().to_string();
-    let args = vec![
-        "--confdir".into(),
-        dir("conf"),
-        "--vardir".into(),
-        dir("var"),
-        "--rundir".into(),
-        dir("run"),
-        "--logdir".into(),
-        dir("log"),
-        "--publicdir".into(),
-        dir("public"),
-        "--ssldir".into(),
-        dir("ssl"),
-        "--certname".into(),
-        node.into(),
-        "--certificate_revocation=false".into(),
-        "--server".into(),
-        "127.0.0.1".into(),
-        "--masterport".into(),
-        "1".into(),
-        "--report_port".into(),
-        "1".into(),
-        "--use_cached_catalog".into(),
-    ];
+    let args = agent_args(&home, node);
     (home, args)
+}
+
+/// Everything `puppet agent` needs to run serverless from the cached catalog in `home`.
+fn agent_args(home: &Path, node: &str) -> Vec<String> {
+    let dir = |name: &str| home.join(name).display().to_string();
+    let mut args: Vec<String> = Vec::new();
+    for (flag, sub) in [
+        ("--confdir", "conf"),
+        ("--vardir", "var"),
+        ("--rundir", "run"),
+        ("--logdir", "log"),
+        ("--publicdir", "public"),
+        ("--ssldir", "ssl"),
+    ] {
+        args.extend([flag.to_owned(), dir(sub)]);
+    }
+    args.extend([
+        "--certname".to_owned(),
+        node.to_owned(),
+        "--certificate_revocation=false".to_owned(),
+    ]);
+    for (flag, value) in [("--server", "127.0.0.1"), ("--masterport", "1"), ("--report_port", "1")]
+    {
+        args.extend([flag.to_owned(), value.to_owned()]);
+    }
+    args.push("--use_cached_catalog".into());
+    args
 }
 
 fn node_config(node: &str, base: &Path) -> String {
@@ -149,7 +152,7 @@ fn node_config(node: &str, base: &Path) -> String {
 
 /// Runs `puppet` as the node's own Puppet would be run by hand.
 fn puppet_cli(base: &Path, node: &str, args: &[&str]) -> std::process::Output {
-    let (_, extra) = puppet_paths(base, node);
+    let extra = agent_args(&base.join(format!("{node}-puppet")), node);
     Command::new(PUPPET)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -158,28 +161,6 @@ fn puppet_cli(base: &Path, node: &str, args: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn puppet_paths(base: &Path, node: &str) -> (PathBuf, Vec<String>) {
-    let home = base.join(format!("{node}-puppet"));
-    let dir = |name: &str| home.join(name).display().to_string();
-    let args = vec![
-        "--confdir".into(),
-        dir("conf"),
-        "--vardir".into(),
-        dir("var"),
-        "--rundir".into(),
-        dir("run"),
-        "--logdir".into(),
-        dir("log"),
-        "--publicdir".into(),
-        dir("public"),
-        "--ssldir".into(),
-        dir("ssl"),
-        "--certname".into(),
-        node.into(),
-    ];
-    (home, args)
 }
 
 /// (node, start, end) of every run in the log.
@@ -357,4 +338,39 @@ fn puppet_management_against_real_puppet() {
     );
     let count = fleet.cli(&["puppet", "count"]);
     assert!(stdout(&count).contains("Nodes currently disabled: 1"), "{}", stdout(&count));
+
+    // An idling agent daemon is signalled (SIGUSR1) instead of getting a second process.
+    let home = base.join("pa02.example.com-puppet");
+    let mut daemon = Command::new(PUPPET)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .args(["agent", "--no-daemonize", "--runinterval", "3600", "--color=false"])
+        .args(agent_args(&home, "pa02.example.com"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let idle = || {
+        let out = fleet.cli(&["rpc", "puppet", "status", "-I", "pa02.example.com", "-j"]);
+        let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out["replies"][0]["data"]["idling"] == true
+    };
+    let pa02_runs = || runs(&log).iter().filter(|(n, _, _)| n == "pa02.example.com").count();
+    wait_until("the daemon's first run", Duration::from_secs(60), || pa02_runs() == 2 && idle());
+    let refused = fleet.cli(&["puppet", "runonce", "--noop", "-I", "pa02.example.com"]);
+    let said = stdout(&refused);
+    assert!(
+        said.contains("Cannot specify any custom puppet options when the daemon is running"),
+        "{said}"
+    );
+    let signalled = fleet.cli(&["puppet", "runonce", "-I", "pa02.example.com"]);
+    assert!(
+        stdout(&signalled).contains("Signalled the running Puppet Daemon"),
+        "{}",
+        stdout(&signalled)
+    );
+    wait_until("the signalled run", Duration::from_secs(60), || pa02_runs() == 3);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
