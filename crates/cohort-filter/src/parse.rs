@@ -5,8 +5,10 @@ use cohort_proto::{FactFilter, Filter};
 use crate::statement::{find_operator, statement};
 use crate::{FilterError, compound, regex_body};
 
-/// The filter flags as typed, in the order given. [`FilterArgs::build`] parses them all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The filter flags as typed, in the order given. [`FilterArgs::build`] parses them all. Also
+/// read from configuration files (`[filter]` tables) under the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FilterArgs {
     /// `-W`: space-separated classes and fact expressions.
     pub with: Vec<String>,

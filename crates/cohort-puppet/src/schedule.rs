@@ -9,24 +9,6 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
-/// The filter of the nodes to schedule, as the command-line flags would give it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FilterConfig {
-    /// `-W`.
-    pub with: Vec<String>,
-    /// `-F`.
-    pub fact: Vec<String>,
-    /// `-C`.
-    pub class: Vec<String>,
-    /// `-I`.
-    pub identity: Vec<String>,
-    /// `-A`.
-    pub agent: Vec<String>,
-    /// `-S`.
-    pub compound: Vec<String>,
-}
-
 /// The scheduler's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,8 +30,8 @@ pub struct ScheduleConfig {
     /// How long a silent holder keeps the lease.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// Which nodes.
-    pub filter: FilterConfig,
+    /// Which nodes, as `-W -F -C -I -A -S` would give them.
+    pub filter: cohort_filter::FilterArgs,
 }
 
 impl Default for ScheduleConfig {
@@ -62,7 +44,7 @@ impl Default for ScheduleConfig {
             metrics: None,
             lease: "default".into(),
             lease_ttl: Duration::from_secs(15),
-            filter: FilterConfig::default(),
+            filter: cohort_filter::FilterArgs::default(),
         }
     }
 }

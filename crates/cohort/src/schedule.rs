@@ -69,17 +69,8 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot read {}", config_file.display()))?;
     let config = ScheduleConfig::parse(&text)
         .with_context(|| format!("invalid scheduler configuration {}", config_file.display()))?;
-    let f = &config.filter;
-    let filter = cohort_filter::FilterArgs {
-        with: f.with.clone(),
-        fact: f.fact.clone(),
-        class: f.class.clone(),
-        identity: f.identity.clone(),
-        agent: f.agent.clone(),
-        compound: f.compound.clone(),
-    }
-    .build()
-    .with_context(|| format!("[filter] in {}", config_file.display()))?;
+    let filter =
+        config.filter.build().with_context(|| format!("[filter] in {}", config_file.display()))?;
     let session = Session::open(common, &filter).await?;
     let metrics = Arc::new(ScheduleMetrics::default());
     if let Some(address) = &config.metrics {
