@@ -22,12 +22,14 @@ fn spec(name: &'static str) -> NodeSpec {
     }
 }
 
-/// The stand-in `puppet`: its last argument is the node's state directory.
-fn standin(dir: &Path) -> std::path::PathBuf {
+/// The stand-in `puppet`, each run lasting `secs`: its last argument is the node's state
+/// directory.
+fn standin(dir: &Path, secs: f64) -> std::path::PathBuf {
     let log = dir.join("runs.log");
     let script = format!(
-        "#!/bin/sh\nfor last; do :; done\nnode=$(basename \"$last\")\nmkdir -p \"$last\"\necho $$ > \"$last/agent_catalog_run.lock\"\necho \"$node start $(date +%s.%N)\" >> {log}\nsleep 0.5\necho \"$node end $(date +%s.%N)\" >> {log}\nprintf 'time:\\n  last_run: %s\\nresources:\\n  total: 1\\n' \"$(date +%s)\" > \"$last/last_run_summary.yaml\"\nrm -f \"$last/agent_catalog_run.lock\"\n",
-        log = log.display()
+        "#!/bin/sh\nfor last; do :; done\nnode=$(basename \"$last\")\nmkdir -p \"$last\"\necho $$ > \"$last/agent_catalog_run.lock\"\necho \"$node start $(date +%s.%N)\" >> {log}\nsleep {secs}\necho \"$node end $(date +%s.%N)\" >> {log}\nprintf 'time:\\n  last_run: %s\\nresources:\\n  total: 1\\n' \"$(date +%s)\" > \"$last/last_run_summary.yaml\"\nrm -f \"$last/agent_catalog_run.lock\"\n",
+        log = log.display(),
+        secs = secs
     );
     let path = dir.join("puppet-standin");
     std::fs::write(&path, script).unwrap();
@@ -105,7 +107,7 @@ fn scheduler_spreads_runs_shares_a_lease_and_follows_the_fleet() {
     let probe = tempfile::tempdir().unwrap();
     let specs = [spec("sa1.example.com"), spec("sa2.example.com"), spec("sa3.example.com")];
     let mut fleet = Fleet::start_configured(BrokerKind::Cohort, &specs, &|node, dir| {
-        standin(dir);
+        standin(dir, 0.5);
         node_config(node, dir)
     });
     let dir = fleet.dir.path().to_owned();
@@ -194,4 +196,62 @@ fn http_get(port: u16) -> String {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     text
+}
+
+/// `runall --rerun` starts a new iteration after the interval, and `runonce` refuses a node
+/// that is applying a catalog.
+#[test]
+fn runall_reruns_and_runonce_refuses_a_node_applying() {
+    if std::env::var_os("COHORT_SLOW_TESTS").is_none_or(|v| v != "1") {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the runall rerun test");
+        return;
+    }
+    let specs = [spec("sb1.example.com"), spec("sb2.example.com")];
+    let fleet = Fleet::start_configured(BrokerKind::Cohort, &specs, &|node, dir| {
+        standin(dir, 1.5);
+        node_config(node, dir)
+    });
+    let log = fleet.dir.path().join("runs.log");
+    // Started, seen applying, then refused.
+    let first = fleet.cli(&["puppet", "runonce", "--force", "-I", "sb1.example.com"]);
+    assert!(
+        crate::fleet::stdout(&first).contains("Started a Puppet run"),
+        "{}",
+        crate::fleet::stdout(&first)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = fleet.cli(&["puppet", "status", "-I", "sb1.example.com"]);
+        if crate::fleet::stdout(&status).contains("Currently applying a catalog") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen applying");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = fleet.cli(&["puppet", "runonce", "--force", "-I", "sb1.example.com"]);
+    let said = crate::fleet::stdout(&second);
+    assert!(said.contains("Puppet is currently applying a catalog, cannot run now"), "{said}");
+    assert_eq!(second.status.code(), Some(2));
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&log).unwrap();
+    // Two iterations of runall with --rerun 4, killed by PID during the third.
+    let mut child = cohort()
+        .args(["puppet", "runall", "1", "--rerun", "4", "-c"])
+        .arg(&fleet.client_config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let iterations = text.matches("Iteration complete. Initiated a Puppet run on 2 nodes.").count();
+    assert!(iterations >= 2, "{text}");
+    let done = runs(&log);
+    assert!(
+        count(&done, "sb1.example.com") >= 2 && count(&done, "sb2.example.com") >= 2,
+        "{done:?}"
+    );
+    assert_eq!(overlap(&done), 1, "runall 1 let two run at once: {done:?}");
 }
