@@ -94,10 +94,7 @@ impl Puppet {
         let message = match request.data.get("message").and_then(Value::as_str) {
             Some(text) if !text.is_empty() => text.to_owned(),
             _ => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-                    .unwrap_or(0);
+                let now = cohort_puppet::host::unix_now();
                 format!("Disabled via Cohort by {} at {}", request.caller, minute_text(now))
             }
         };
@@ -115,10 +112,7 @@ impl Puppet {
         let Some(summary) = summary else {
             return refused("Puppet has not completed a run on this node".into(), Map::new());
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-            .unwrap_or(0);
+        let now = cohort_puppet::host::unix_now();
         let lastrun = summary.last_run().unwrap_or(0);
         let with_logs = request.data.get("logs").and_then(Value::as_bool).unwrap_or(false);
         let raw = json!({

@@ -118,7 +118,8 @@ pub fn parse_config_print(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn now() -> i64 {
+/// Seconds since the epoch now.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -140,6 +141,23 @@ fn clean_env(command: &mut tokio::process::Command) {
         .env("PATH", "/opt/puppetlabs/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
         .env("LANG", "C.UTF-8");
+}
+
+impl PuppetConfig {
+    /// A configuration whose Puppet files are all in `dir` (a test or benchmark node's own).
+    pub fn with_state_dir(command: &Path, dir: &Path) -> PuppetConfig {
+        let at = |name: &str| Some(dir.join(name));
+        PuppetConfig {
+            command: Some(command.to_owned()),
+            agent_disabled_lockfile: at("agent_disabled.lock"),
+            agent_catalog_run_lockfile: at("agent_catalog_run.lock"),
+            lastrunfile: at("last_run_summary.yaml"),
+            lastrunreport: at("last_run_report.yaml"),
+            pidfile: at("agent.pid"),
+            resourcefile: at("resources.txt"),
+            ..PuppetConfig::default()
+        }
+    }
 }
 
 impl PuppetAgent {
@@ -221,14 +239,14 @@ impl PuppetAgent {
     /// The agent's status.
     pub async fn status(&self) -> Result<Status, Refused> {
         let (files, _) = self.files().await?;
-        Ok(status(&files, alive, now()))
+        Ok(status(&files, alive, unix_now()))
     }
 
     /// Starts a run (or signals the idling daemon), unless disabled or applying.
     pub async fn runonce(&self, request: &RunRequest) -> Result<Started, Refused> {
         let program = self.command()?.to_owned();
         let (files, _) = self.files().await?;
-        let current = status(&files, alive, now());
+        let current = status(&files, alive, unix_now());
         if !current.enabled {
             return Err(Refused(if current.disable_message.is_empty() {
                 "Puppet is disabled".to_owned()
@@ -254,7 +272,7 @@ impl PuppetAgent {
             .map_err(|err| Refused(format!("Could not signal the Puppet daemon: {err}")))?;
             return Ok(Started {
                 summary: "Signalled the running Puppet Daemon".into(),
-                initiated_at: now(),
+                initiated_at: unix_now(),
             });
         }
         let defaults = RunDefaults {
@@ -281,7 +299,7 @@ impl PuppetAgent {
         let line = format!("{} agent {}", program.display(), args.join(" "));
         Ok(Started {
             summary: format!("Started a Puppet run using the '{line}' command"),
-            initiated_at: now(),
+            initiated_at: unix_now(),
         })
     }
 

@@ -28,6 +28,8 @@ pub enum Ended {
     Completed,
     /// Never seen applying and no new run within the grace period.
     NotStarted,
+    /// Stopped answering while in flight.
+    Vanished,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +112,18 @@ impl Runall {
             node.to_owned(),
             InFlight { started: now, lastrun_before: lastrun, seen_applying: false },
         );
+    }
+
+    /// Records that `node` did not answer a status request: it is neither waited for (a node
+    /// that dies mid-run must not hold its slot forever) nor started.
+    pub fn vanished(&mut self, node: &str) {
+        let queued = self.queue.iter().position(|n| n == node);
+        if let Some(at) = queued {
+            self.queue.remove(at);
+        }
+        if self.in_flight.remove(node).is_some() || queued.is_some() {
+            self.ended.push((node.to_owned(), Ended::Vanished));
+        }
     }
 
     /// Records that starting `node` failed (it is not waited for).
@@ -205,6 +219,20 @@ mod tests {
         assert!(!runall.is_done());
         runall.observe(&[seen("n1", false, 100)], 61 * S);
         assert!(runall.is_done());
+    }
+
+    #[test]
+    fn a_node_that_stops_answering_frees_its_slot() {
+        let mut runall = Runall::new(nodes(3), 1, 5 * S);
+        assert_eq!(runall.to_start(), ["n1"]);
+        runall.started("n1", 100, S);
+        runall.observe(&[seen("n1", true, 100)], 2 * S);
+        runall.vanished("n1");
+        runall.vanished("n2");
+        runall.vanished("n9");
+        let vanished = [("n1".to_owned(), Ended::Vanished), ("n2".to_owned(), Ended::Vanished)];
+        assert_eq!(runall.ended(), vanished);
+        assert_eq!(runall.to_start(), ["n3"]);
     }
 
     #[test]

@@ -193,7 +193,6 @@ fn resource_request(history: &std::path::Path) -> serde_json::Map<String, serde_
 /// own directory beside the history (nothing there: every node reports `stopped`).
 fn bench_agents(history: &std::path::Path) -> AgentSettings {
     let state = history.with_file_name("puppet").join("{identity}");
-    let at = |name: &str| Some(state.join(name));
     AgentSettings {
         resource: ResourceSettings {
             config: ResourceConfig {
@@ -202,16 +201,10 @@ fn bench_agents(history: &std::path::Path) -> AgentSettings {
             },
             puppet_state_dirs: Vec::new(),
         },
-        puppet: cohort_puppet::PuppetConfig {
-            command: Some("/nonexistent/puppet".into()),
-            agent_disabled_lockfile: at("agent_disabled.lock"),
-            agent_catalog_run_lockfile: at("agent_catalog_run.lock"),
-            lastrunfile: at("last_run_summary.yaml"),
-            lastrunreport: at("last_run_report.yaml"),
-            pidfile: at("agent.pid"),
-            resourcefile: at("resources.txt"),
-            ..cohort_puppet::PuppetConfig::default()
-        },
+        puppet: cohort_puppet::PuppetConfig::with_state_dir(
+            std::path::Path::new("/nonexistent/puppet"),
+            &state,
+        ),
         ..AgentSettings::default()
     }
 }

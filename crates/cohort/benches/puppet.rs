@@ -37,19 +37,11 @@ fn main() {
     std::fs::set_permissions(&standin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .unwrap();
     let state = dir.path().join("state").join("{identity}");
-    let at = |name: &str| Some(state.join(name));
     let agents = AgentSettings {
         puppet: cohort_puppet::PuppetConfig {
-            command: Some(standin.clone()),
             extra_args: vec![state.display().to_string()],
-            agent_disabled_lockfile: at("agent_disabled.lock"),
-            agent_catalog_run_lockfile: at("agent_catalog_run.lock"),
-            lastrunfile: at("last_run_summary.yaml"),
-            lastrunreport: at("last_run_report.yaml"),
-            pidfile: at("agent.pid"),
-            resourcefile: at("resources.txt"),
             splay: false,
-            ..cohort_puppet::PuppetConfig::default()
+            ..cohort_puppet::PuppetConfig::with_state_dir(&standin, &state)
         },
         ..AgentSettings::default()
     };

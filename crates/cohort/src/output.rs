@@ -116,3 +116,8 @@ pub(crate) fn advance(bar: &indicatif::ProgressBar) {
         bar.set_length(bar.position());
     }
 }
+
+/// `2026-12-02 16:21:08Z`: the time at the start of a log line.
+pub(crate) fn log_time() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace('T', " ")
+}

@@ -145,20 +145,26 @@ fn flag(data: &Map<String, Value>, key: &str) -> bool {
 
 /// `cohort puppet ACTION ...`.
 pub(crate) async fn run(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
-    match args.action {
-        Action::Schedule => crate::schedule::run(&args.scheduler_config, &args.common, io).await,
-        _ => fleet(args, io).await,
+    if args.action == Action::Schedule {
+        return crate::schedule::run(&args.scheduler_config, &args.common, io).await;
     }
-}
-
-/// Every action but `schedule`: one call across the fleet (or `runall`'s loop).
-async fn fleet(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let filter = args.filter.build()?;
     let session = Session::open(&args.common, &filter).await?;
-    let call = |action: &'static str, data: Map<String, Value>| {
-        let session = &session;
-        let filter = &filter;
-        async move { session.call("puppet", filter, action, data, None).await }
+    if args.action == Action::Runall {
+        return runall(&args, &session, &filter, io).await;
+    }
+    fleet(&args, &session, &filter, io).await
+}
+
+/// The actions that are one call across the fleet.
+async fn fleet(
+    args: &PuppetArgs,
+    session: &Session,
+    filter: &cohort_proto::Filter,
+    io: &mut Io<'_>,
+) -> anyhow::Result<ExitCode> {
+    let call = |action: &'static str, data: Map<String, Value>| async move {
+        session.call("puppet", filter, action, data, None).await
     };
     let result = match args.action {
         Action::Status | Action::Count => call("status", Map::new()).await?.1,
@@ -172,7 +178,9 @@ async fn fleet(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
             call("disable", data).await?.1
         }
         Action::Runonce => call("runonce", args.run.data(false)).await?.1,
-        Action::Runall | Action::Schedule => return runall(&args, &session, &filter, io).await,
+        Action::Runall | Action::Schedule => {
+            anyhow::bail!("{:?} is not a single fleet call", args.action)
+        }
     };
     match args.action {
         Action::Count => count(&result, io)?,
@@ -290,8 +298,27 @@ fn summary(result: &cohort_client::CallResult, io: &mut Io<'_>) -> anyhow::Resul
 /// How often `runall` asks the nodes what they are doing.
 const POLL: Duration = Duration::from_millis(500);
 
-fn timestamp() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace('T', " ")
+use crate::output::log_time as timestamp;
+
+/// The nodes that answered a `status` call: what runall and the scheduler go by.
+pub(crate) fn observed(
+    result: &cohort_client::CallResult,
+) -> Vec<(Observation, cohort_puppet::schedule::NodeState)> {
+    result
+        .replies
+        .iter()
+        .map(|r| &r.reply)
+        .filter(|r| r.status == StatusCode::Ok)
+        .map(|r| {
+            let state = cohort_puppet::schedule::NodeState {
+                enabled: flag(&r.data, "enabled"),
+                applying: flag(&r.data, "applying"),
+            };
+            let lastrun = r.data.get("lastrun").and_then(Value::as_i64).unwrap_or(0);
+            let node = r.sender.as_str().to_owned();
+            (Observation { node, applying: state.applying, lastrun }, state)
+        })
+        .collect()
 }
 
 async fn runall(
@@ -338,7 +365,7 @@ async fn runall(
         if nodes.is_empty() {
             writeln!(io.err, "{}: no enabled nodes found", timestamp())?;
         }
-        let targets: BTreeSet<Identity> = nodes.iter().cloned().collect();
+        let mut targets: BTreeSet<Identity> = nodes.iter().cloned().collect();
         let mut schedule = Runall::new(
             nodes.iter().map(|n| n.as_str().to_owned()).collect(),
             concurrency,
@@ -349,16 +376,15 @@ async fn runall(
         while !schedule.is_done() {
             let (_, statuses) =
                 session.call("puppet", filter, "status", Map::new(), Some(targets.clone())).await?;
-            let seen: Vec<Observation> = statuses
-                .replies
-                .iter()
-                .filter(|r| r.reply.status == StatusCode::Ok)
-                .map(|r| Observation {
-                    node: r.reply.sender.as_str().to_owned(),
-                    applying: flag(&r.reply.data, "applying"),
-                    lastrun: r.reply.data.get("lastrun").and_then(Value::as_i64).unwrap_or(0),
-                })
-                .collect();
+            let seen: Vec<Observation> = observed(&statuses).into_iter().map(|(o, _)| o).collect();
+            // A node that stopped answering is neither waited for nor started.
+            targets.retain(|node| {
+                let answered = seen.iter().any(|s| s.node == node.as_str());
+                if !answered {
+                    schedule.vanished(node.as_str());
+                }
+                answered
+            });
             for s in &seen {
                 lastruns.insert(s.node.clone(), s.lastrun);
             }
@@ -405,8 +431,14 @@ async fn runall(
             }
         }
         for (node, ended) in schedule.ended() {
-            if *ended == Ended::NotStarted {
-                writeln!(io.err, "{}: {node}: the run was not seen starting", timestamp())?;
+            match ended {
+                Ended::NotStarted => {
+                    writeln!(io.err, "{}: {node}: the run was not seen starting", timestamp())?;
+                }
+                Ended::Vanished => {
+                    writeln!(io.err, "{}: {node}: stopped answering", timestamp())?;
+                }
+                Ended::Completed => {}
             }
         }
         writeln!(

@@ -24,10 +24,9 @@ use serde_json::{Map, Value, json};
 use crate::apps::Session;
 use crate::options::CommonFlags;
 use crate::output::Io;
+use crate::puppet::observed;
 
-fn timestamp() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace('T', " ")
-}
+use crate::output::log_time as timestamp;
 
 async fn serve_metrics(address: &str, metrics: Arc<ScheduleMetrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
@@ -52,11 +51,6 @@ async fn serve_metrics(address: &str, metrics: Arc<ScheduleMetrics>) -> anyhow::
         let _ = axum::serve(listener, app).await;
     });
     Ok(())
-}
-
-fn state_of(data: &Map<String, Value>) -> NodeState {
-    let flag = |k: &str| data.get(k).and_then(Value::as_bool).unwrap_or(false);
-    NodeState { enabled: flag("enabled"), applying: flag("applying") }
 }
 
 /// Runs the scheduler until SIGTERM or SIGINT.
@@ -152,10 +146,8 @@ pub(crate) async fn run(
             let (_, found) = session.call("puppet", &filter, "status", Map::new(), None).await?;
             let nodes: Vec<String> =
                 found.replies.iter().map(|r| r.reply.sender.as_str().to_owned()).collect();
-            for reply in &found.replies {
-                let lastrun = reply.reply.data.get("lastrun").and_then(Value::as_i64).unwrap_or(0);
-                lastruns.insert(reply.reply.sender.as_str().to_owned(), lastrun);
-            }
+            // Only this cycle's nodes are asked from now on: the ones that left are not waited for.
+            lastruns = observed(&found).into_iter().map(|(o, _)| (o.node, o.lastrun)).collect();
             metrics.nodes.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
             writeln!(
                 io.err,
@@ -182,20 +174,20 @@ pub(crate) async fn run(
         }
         let (_, statuses) =
             session.call("puppet", &filter, "status", Map::new(), Some(ask)).await?;
-        let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
-        let mut seen = Vec::new();
-        for reply in
-            statuses.replies.iter().map(|r| &r.reply).filter(|r| r.status == StatusCode::Ok)
-        {
-            let node = reply.sender.as_str().to_owned();
-            let lastrun = reply.data.get("lastrun").and_then(Value::as_i64).unwrap_or(0);
-            states.insert(node.clone(), state_of(&reply.data));
-            seen.push(Observation {
-                node: node.clone(),
-                applying: state_of(&reply.data).applying,
-                lastrun,
-            });
-            lastruns.insert(node, lastrun);
+        let answered = observed(&statuses);
+        let states: BTreeMap<String, NodeState> =
+            answered.iter().map(|(o, state)| (o.node.clone(), *state)).collect();
+        // Nodes that stopped answering are not waited for, nor asked again this cycle.
+        lastruns.retain(|node, _| {
+            let here = states.contains_key(node);
+            if !here {
+                in_flight.vanished(node);
+            }
+            here
+        });
+        let seen: Vec<Observation> = answered.into_iter().map(|(o, _)| o).collect();
+        for s in &seen {
+            lastruns.insert(s.node.clone(), s.lastrun);
         }
         in_flight.observe(&seen, now);
         for node in due {

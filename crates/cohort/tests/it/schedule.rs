@@ -234,7 +234,7 @@ fn runall_reruns_and_runonce_refuses_a_node_applying() {
     assert_eq!(second.status.code(), Some(2));
     std::thread::sleep(Duration::from_secs(2));
     std::fs::remove_file(&log).unwrap();
-    // Two iterations of runall with --rerun 4, killed by PID during the third.
+    // Two iterations of runall with --rerun 4, then killed by PID (however slow the machine).
     let mut child = cohort()
         .args(["puppet", "runall", "1", "--rerun", "4", "-c"])
         .arg(&fleet.client_config)
@@ -242,11 +242,26 @@ fn runall_reruns_and_runonce_refuses_a_node_applying() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(10));
+    let stdout = child.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let done_line = "Iteration complete. Initiated a Puppet run on 2 nodes.";
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while text.matches(done_line).count() < 2 && Instant::now() < deadline {
+        if let Ok(line) = seen.recv_timeout(Duration::from_millis(250)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let iterations = text.matches("Iteration complete. Initiated a Puppet run on 2 nodes.").count();
+    let _ = child.wait();
+    let iterations = text.matches(done_line).count();
     assert!(iterations >= 2, "{text}");
     let done = runs(&log);
     assert!(
