@@ -89,6 +89,12 @@ pub trait Agent: Send + Sync {
     /// The agent's DDL.
     fn ddl(&self) -> &Arc<AgentDdl>;
 
+    /// Whether the agent is offered now. An inactive agent is not discovered and its requests
+    /// are refused as for an agent the node does not have; checked whenever facts are.
+    fn active(&self) -> bool {
+        true
+    }
+
     /// Runs one action. Failures are outcomes with a status code, never panics; the pipeline
     /// enforces the timeout and the action's existence in the DDL before calling.
     fn call<'a>(&'a self, ctx: &'a Context, request: ActionRequest) -> CallFuture<'a>;

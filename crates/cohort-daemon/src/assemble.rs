@@ -127,7 +127,8 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
         config.puppet_state_dirs.iter().map(|dir| dir.join("classes.txt")).collect();
     let mut facts = FactSource::new(core, config.facts.clone(), config.classes.clone())
         .with_default_classes(stock_classes)
-        .with_puppet(config.puppet_state_dirs.clone());
+        .with_puppet(config.puppet_state_dirs.clone())
+        .with_provision(config.provision.clone());
     if let Err(errors) = facts.refresh() {
         return Err(AssembleError::Facts(errors.iter().map(ToString::to_string).collect()));
     }
@@ -142,6 +143,9 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
             puppet_state_dirs: config.puppet_state_dirs.clone(),
         },
         puppet: config.puppet.clone(),
+        provision: config.provision.clone(),
+        puppetca: config.puppetca.clone(),
+        notify: config.notify.clone(),
     };
     let (agents, errors) =
         load_agents(config.agents_dir.as_deref(), config.max_agent_output, &agent_settings);

@@ -57,6 +57,12 @@ pub struct Config {
     pub resource: cohort_resource::policy::ResourceConfig,
     /// How the puppet agent finds and runs Puppet.
     pub puppet: cohort_puppet::PuppetConfig,
+    /// The `provision` agent (new nodes).
+    pub provision: cohort_provision::node::NodeSettings,
+    /// The `puppetca` agent (Puppet masters).
+    pub puppetca: cohort_provision::puppetca::CaSettings,
+    /// The built-in `notify` agent.
+    pub notify: crate::provision::NotifierSettings,
 }
 
 /// The `[security]` table. Without `issuers`, `key` and `credential` the daemon refuses to
@@ -147,6 +153,9 @@ impl Default for Config {
             security: SecurityConfig::default(),
             resource: cohort_resource::policy::ResourceConfig::default(),
             puppet: cohort_puppet::PuppetConfig::default(),
+            provision: cohort_provision::node::NodeSettings::default(),
+            puppetca: cohort_provision::puppetca::CaSettings::default(),
+            notify: crate::provision::NotifierSettings::default(),
         }
     }
 }

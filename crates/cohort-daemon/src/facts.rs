@@ -282,6 +282,7 @@ pub struct FactSource {
     /// Where to look for a classes file when none is named, first existing wins.
     default_classes: Vec<PathBuf>,
     puppet_state_dirs: Vec<PathBuf>,
+    provision: Option<cohort_provision::node::NodeSettings>,
     seen: Vec<Option<(SystemTime, u64)>>,
     current: Facts,
 }
@@ -304,6 +305,7 @@ impl FactSource {
             classes,
             default_classes: Vec::new(),
             puppet_state_dirs: Vec::new(),
+            provision: None,
             seen: Vec::new(),
             current: Facts::default(),
         }
@@ -314,6 +316,13 @@ impl FactSource {
     /// refresh so a first Puppet run is noticed.
     pub fn with_default_classes(mut self, candidates: Vec<PathBuf>) -> FactSource {
         self.default_classes = candidates;
+        self
+    }
+
+    /// Adds the `provision_disabled` fact of `[provision]` (when enabled), re-checked with the
+    /// files like the others.
+    pub fn with_provision(mut self, settings: cohort_provision::node::NodeSettings) -> FactSource {
+        self.provision = Some(settings);
         self
     }
 
@@ -344,6 +353,7 @@ impl FactSource {
                     dir.join("puppetdlock"),
                 ]
             })
+            .chain(self.provision.iter().flat_map(cohort_provision::node::watched))
             .collect();
         let stamps: Vec<Option<(SystemTime, u64)>> = self
             .files
@@ -359,6 +369,9 @@ impl FactSource {
         let mut errors = Vec::new();
         let mut facts = self.core.clone();
         facts.extend(puppet_facts(&self.puppet_state_dirs));
+        if let Some(provision) = &self.provision {
+            facts.extend(cohort_provision::node::facts(provision));
+        }
         for path in &self.files {
             match std::fs::read_to_string(path) {
                 Ok(text) => match parse_fact_file(path, &text) {

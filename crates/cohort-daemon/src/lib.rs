@@ -15,6 +15,7 @@ pub mod external;
 pub mod facts;
 pub mod nrpe;
 pub mod pipeline;
+pub mod provision;
 pub mod puppet;
 pub mod resource;
 pub mod rpcutil;

@@ -49,12 +49,17 @@ pub struct NodeState {
 /// The agents hosted, and their names (with `discovery`) as filters see them: computed once
 /// per (re)load rather than on every request.
 struct Hosted {
+    /// Every agent loaded, active or not.
+    all: Vec<Arc<dyn Agent>>,
+    /// The active ones.
     agents: Arc<Vec<Arc<dyn Agent>>>,
     names: Vec<String>,
 }
 
 impl Hosted {
-    fn new(agents: Vec<Arc<dyn Agent>>) -> Hosted {
+    fn new(all: Vec<Arc<dyn Agent>>) -> Hosted {
+        let agents: Vec<Arc<dyn Agent>> =
+            all.iter().filter(|agent| agent.active()).cloned().collect();
         let mut names: Vec<String> = agents
             .iter()
             .map(|agent| agent.ddl().metadata.name.clone())
@@ -63,7 +68,7 @@ impl Hosted {
             .collect();
         names.sort();
         names.dedup();
-        Hosted { agents: Arc::new(agents), names }
+        Hosted { all, agents: Arc::new(agents), names }
     }
 }
 
@@ -162,6 +167,23 @@ impl NodeState {
     pub fn set_agents(&self, agents: Vec<Arc<dyn Agent>>) {
         *self.hosted.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Arc::new(Hosted::new(agents));
+    }
+
+    /// Re-checks which agents are active; true when that changed (subscriptions then need
+    /// renewing).
+    pub fn refresh_activation(&self) -> bool {
+        let hosted = self.hosted();
+        let now: Vec<bool> = hosted.all.iter().map(|agent| agent.active()).collect();
+        let was: Vec<bool> = hosted
+            .all
+            .iter()
+            .map(|agent| hosted.agents.iter().any(|active| Arc::ptr_eq(active, agent)))
+            .collect();
+        if now == was {
+            return false;
+        }
+        self.set_agents(hosted.all.clone());
+        true
     }
 
     /// Names of the agents hosted, including the discovery pseudo-agent.

@@ -32,6 +32,12 @@ pub struct AgentSettings {
     pub resource: crate::resource::ResourceSettings,
     /// The puppet agent's settings.
     pub puppet: cohort_puppet::PuppetConfig,
+    /// The provision agent's settings.
+    pub provision: cohort_provision::node::NodeSettings,
+    /// The puppetca agent's settings.
+    pub puppetca: cohort_provision::puppetca::CaSettings,
+    /// The notify agent's settings.
+    pub notify: crate::provision::NotifierSettings,
 }
 
 /// Agents compiled into Cohort: the one list of them.
@@ -45,6 +51,16 @@ pub fn builtin_agents(settings: &AgentSettings) -> Vec<Arc<dyn Agent>> {
     }
     if let Some(puppet) = crate::puppet::Puppet::new(settings.puppet.clone()) {
         agents.push(Arc::new(puppet));
+    }
+    if let Some(provision) = crate::provision::Provision::new(&settings.provision, &settings.puppet)
+    {
+        agents.push(Arc::new(provision));
+    }
+    if let Some(puppetca) = crate::provision::Puppetca::new(&settings.puppetca) {
+        agents.push(Arc::new(puppetca));
+    }
+    if let Some(notify) = crate::provision::Notifier::new(&settings.notify) {
+        agents.push(Arc::new(notify));
     }
     for name in ["resource", "puppetral"] {
         if let Some(agent) = crate::resource::ResourceAgent::new(name, &settings.resource) {
@@ -237,6 +253,11 @@ pub async fn run(
         interval,
     );
     tracing::info!(node = %state.identity, agents = ?state.agent_names(), "node serving");
+    // Announce the start at once (a provisioner notices new nodes by it); the periodic
+    // registrations follow after their splay.
+    if registration {
+        register(&client, &state).await;
+    }
     loop {
         tokio::select! {
             message = incoming.next() => {
@@ -286,7 +307,16 @@ pub async fn run(
                 }
                 Some(Signal::Shutdown) | None => break,
             },
-            _ = facts_tick.tick() => refresh_facts(&state, facts.as_mut()),
+            _ = facts_tick.tick() => {
+                refresh_facts(&state, facts.as_mut());
+                if state.refresh_activation() {
+                    match subscribe(&client, &state).await {
+                        Ok(subs) => incoming = futures::stream::select_all(subs),
+                        Err(err) => tracing::error!("resubscribing after an agent's activation changed: {err}"),
+                    }
+                    tracing::info!(agents = ?state.agent_names(), "active agents changed");
+                }
+            }
             _ = register_tick.tick(), if registration => {
                 register(&client, &state).await;
             }

@@ -19,8 +19,17 @@ pub const PUPPETRAL: &str = include_str!("../ddl/puppetral.json");
 /// `puppet`: Puppet run management.
 pub const PUPPET: &str = include_str!("../ddl/puppet.json");
 
+/// `provision`: the node side of provisioning.
+pub const PROVISION: &str = include_str!("../ddl/provision.json");
+
+/// `puppetca`: Puppet's CA on a master.
+pub const PUPPETCA: &str = include_str!("../ddl/puppetca.json");
+
+/// `notify`: the notifier contract (`sendmsg`), also served by the built-in notifier.
+pub const NOTIFY: &str = include_str!("../ddl/notify.json");
+
 /// The text of every built-in DDL.
-pub const ALL: &[&str] = &[RPCUTIL, NRPE, RESOURCE, PUPPETRAL, PUPPET];
+pub const ALL: &[&str] = &[RPCUTIL, NRPE, RESOURCE, PUPPETRAL, PUPPET, PROVISION, PUPPETCA, NOTIFY];
 
 /// Every built-in DDL, parsed once per process (a fleet simulator creates thousands of nodes,
 /// and parsing checks every validation regex). Each is checked by a test, so parsing cannot

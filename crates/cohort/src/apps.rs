@@ -61,6 +61,20 @@ impl Session {
         data: Map<String, Value>,
         listed: Option<BTreeSet<Identity>>,
     ) -> anyhow::Result<(Discovered, CallResult)> {
+        let (discovered, result) = self.call_quietly(agent, filter, action, data, listed).await?;
+        crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;
+        Ok((discovered, result))
+    }
+
+    /// [`Session::call`] without the discovery notes on stderr (a daemon that logs its own).
+    pub(crate) async fn call_quietly(
+        &self,
+        agent: &str,
+        filter: &Filter,
+        action: &str,
+        data: Map<String, Value>,
+        listed: Option<BTreeSet<Identity>>,
+    ) -> anyhow::Result<(Discovered, CallResult)> {
         let config = &self.settings.config;
         let agent = AgentName::new(agent)?;
         let call = Call {
@@ -70,17 +84,20 @@ impl Session {
             filter: filter.clone(),
             collective: config.collective.clone(),
             targets: Targets::Broadcast { expected: BTreeSet::new() },
-            timeout: reply_timeout(config.timeout, None, config.discovery_timeout),
+            // The action's own timeout (a Puppet run takes minutes), as `cohort rpc` uses it.
+            timeout: reply_timeout(
+                config.timeout,
+                cohort_ddl::builtin::find(agent.as_str())
+                    .map(|ddl| std::time::Duration::from_secs_f64(ddl.metadata.timeout)),
+                config.discovery_timeout,
+            ),
             ttl: config.ttl,
         };
         let selection = match listed {
             Some(nodes) => cohort_client::Selection::Listed(nodes),
             None => self.method.selection(filter, self.settings.discovery()).for_agent(&agent),
         };
-        let (discovered, result) =
-            self.client.run(selection, Spread::default(), call, |_| {}, |_| {}).await?;
-        crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;
-        Ok((discovered, result))
+        Ok(self.client.run(selection, Spread::default(), call, |_| {}, |_| {}).await?)
     }
 }
 

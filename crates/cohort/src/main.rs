@@ -14,6 +14,7 @@ mod keys;
 mod options;
 mod output;
 mod ping;
+mod provision;
 mod puppet;
 mod resource;
 mod rpc;
@@ -59,6 +60,8 @@ enum Command {
     Resource(resource::ResourceArgs),
     /// Puppet across the fleet: count, status, summary, enable, disable, runonce, runall.
     Puppet(puppet::PuppetArgs),
+    /// The provisioner: take new nodes from bare to production (run, status, retry, forget).
+    Provision(provision::ProvisionArgs),
     /// Manage the organisation issuer, credentials, revocations and broker TLS.
     Keys(keys::KeysArgs),
     /// Each value of a fact across the matching nodes, with how many have it.
@@ -97,6 +100,8 @@ enum ClientCommand {
     Inventory(apps::InventoryArgs),
     /// Puppet.
     Puppet(puppet::PuppetArgs),
+    /// Provision.
+    Provision(provision::ProvisionArgs),
 }
 
 async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::Result<ExitCode> {
@@ -109,6 +114,7 @@ async fn run_client(command: ClientCommand, io: &mut output::Io<'_>) -> anyhow::
         ClientCommand::Facts(args) => apps::facts(args, io).await,
         ClientCommand::Inventory(args) => apps::inventory(args, io).await,
         ClientCommand::Puppet(args) => puppet::run(args, io).await,
+        ClientCommand::Provision(args) => provision::run(args, io).await,
     }
 }
 
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Resource(args) => output::Io::with_std(|io| resource::run(args, io)),
         Command::Puppet(args) => client_runtime(ClientCommand::Puppet(args)),
+        Command::Provision(args) => client_runtime(ClientCommand::Provision(args)),
         Command::Keys(args) => output::Io::with_std(|io| keys::run(args, io)),
         Command::Facts(args) => client_runtime(ClientCommand::Facts(args)),
         Command::Inventory(args) => client_runtime(ClientCommand::Inventory(args)),
@@ -219,11 +226,8 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr, filtered by `COHORT_LOG` (default `info` for daemons, `warn` otherwise).
 fn init_logging() {
-    let default = if std::env::args().nth(1).is_some_and(|c| c == "broker" || c == "daemon") {
-        "info"
-    } else {
-        "warn"
-    };
+    let daemon = |c: &str| matches!(c, "broker" | "daemon" | "provision");
+    let default = if std::env::args().nth(1).is_some_and(|c| daemon(&c)) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -28,7 +28,9 @@ impl Io<'_> {
         let out_tty = stdout.is_terminal();
         let err_tty = stderr.is_terminal();
         let mut out = stdout.lock();
-        let mut err = stderr.lock();
+        // stderr is not held locked: log lines from other threads (tracing) must be able to
+        // get through while a command runs, or they would wait forever.
+        let mut err = stderr;
         let mut io = Io { out: &mut out, err: &mut err, out_tty, err_tty };
         let result = run(&mut io);
         let _ = io.out.flush();

@@ -13,6 +13,7 @@ mod latecomers;
 mod nagios;
 mod operator;
 mod process;
+mod provision;
 mod puppet;
 mod resource;
 mod schedule;

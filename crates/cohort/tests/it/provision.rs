@@ -1,0 +1,576 @@
+//! The provisioner (`cohort provision run`) against real daemons standing in for new nodes and
+//! Puppet masters. Their `puppet` and `puppetserver` are stand-in scripts that keep a CA per
+//! master address in files (a node's CSR goes to the CA of the address its hosts file gives
+//! `puppet`, so the `set_puppet_host` step is what routes it), log every signing and run, and
+//! fail on demand. A webhook receiver and an SMTP sink started here collect the notifications.
+//!
+//! Proven: every node is signed exactly once, runs the bootstrap and production environments,
+//! is notified once by mail and by webhook, and leaves the provisionable set; the master is
+//! chosen by the first agreeing criterion; a stale certificate is cleaned before signing; a
+//! node started while the provisioner runs is noticed; a failing node is retried, failed,
+//! unlocked and notified; a provisioner killed mid-node resumes without signing again; two
+//! provisioners never do a node twice; a master that went away is replaced by the next by
+//! criteria. Slow (about a minute): runs with `COHORT_SLOW_TESTS=1`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fleet::{BrokerKind, Fleet, NodeSpec, stdout};
+use crate::process::{Daemon, cohort, write};
+
+fn slow_tests() -> bool {
+    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
+}
+
+fn executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// The stand-ins, in the fleet directory: `puppet` (its last argument is the node's directory)
+/// and `puppetserver` (its last argument is the CA directory).
+fn standins(dir: &Path) {
+    let log = dir.display();
+    executable(
+        &dir.join("puppet"),
+        &format!(
+            r#"#!/bin/sh
+for last; do :; done
+node=$(basename "$last")
+ip=$(awk '$2 == "puppet" {{ print $1 }}' "$last/hosts" | tail -1)
+ca="{log}/ca-$ip"
+case "$1 $2" in
+  "ssl submit_request")
+    [ -d "$ca" ] || {{ echo "Error: no CA at $ip"; exit 1; }}
+    touch "$ca/requests/$node"; echo "Submitted certificate request for '$node' to $ip"; exit 0 ;;
+  "agent --daemonize") echo started > "$last/daemon"; exit 0 ;;
+esac
+env=production
+while [ $# -gt 0 ]; do [ "$1" = "--environment" ] && env=$2; shift; done
+if [ ! -f "$last/ssl/cert.pem" ]; then
+  [ -f "$ca/signed/$node" ] || {{ echo "Error: no certificate for $node at $ip"; exit 1; }}
+  mkdir -p "$last/ssl" && cp "$ca/signed/$node" "$last/ssl/cert.pem"
+fi
+[ -f "$last/slow-$env" ] && sleep "$(cat "$last/slow-$env")"
+echo "$node $env $ip" >> {log}/runs.log
+if [ -f "$last/fail" ]; then
+  printf 'Notice: Applied catalog\nResources:\n          Changed: 1\n           Failed: 2\n            Total: 9\n'; exit 6
+fi
+touch "$last/ran-$env"
+printf 'Notice: Applied catalog\nResources:\n          Changed: 3\n           Failed: 0\n'; exit 2
+"#
+        ),
+    );
+    executable(
+        &dir.join("puppetserver"),
+        &format!(
+            r#"#!/bin/sh
+action=$2
+for last; do :; done
+ca=$last
+name=""
+prev=""
+for arg; do [ "$prev" = "--certname" ] && name=$arg; prev=$arg; done
+list() {{ first=1; for f in "$ca/$1"/*; do [ -e "$f" ] || continue; [ $first = 1 ] || printf ','; first=0; printf '{{"name":"%s"}}' "$(basename "$f")"; done; }}
+case "$action" in
+  list) printf '{{"requested":['; list requests; printf '],"signed":['; list signed; printf '],"revoked":['; list revoked; printf ']}}\n' ;;
+  sign) [ -f "$ca/requests/$name" ] || {{ echo "Error: no CSR for $name"; exit 1; }}
+        mv "$ca/requests/$name" "$ca/signed/$name"; echo "$name $(basename "$ca")" >> {log}/signed.log; echo "Successfully signed certificate request for $name" ;;
+  clean) rm -f "$ca/requests/$name" "$ca/signed/$name"; echo "$name $(basename "$ca")" >> {log}/cleaned.log; echo "Cleaned files related to $name" ;;
+  revoke) mv "$ca/signed/$name" "$ca/revoked/$name" ;;
+  *) exit 1 ;;
+esac
+"#
+        ),
+    );
+}
+
+fn ca_dir(dir: &Path, ip: &str) -> PathBuf {
+    let ca = dir.join(format!("ca-{ip}"));
+    for sub in ["requests", "signed", "revoked"] {
+        std::fs::create_dir_all(ca.join(sub)).unwrap();
+    }
+    ca
+}
+
+fn node_spec(name: &'static str, facts: &'static str) -> NodeSpec {
+    NodeSpec { name, fact_file: "facts.yaml", facts, classes: "", collectives: &["cohort"] }
+}
+
+/// `[provision]` and `[puppet]` of a new node whose files are in `<dir>/<node>`.
+fn new_node(node: &str, dir: &Path) -> String {
+    let home = dir.join(node);
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("hosts"), "127.0.0.1\tlocalhost\n10.9.9.9 puppet puppetdb # old\n")
+        .unwrap();
+    format!(
+        "[puppet]\ncommand = {puppet:?}\nextra_args = [{home:?}]\n\
+         [provision]\nenabled = true\nstate_dir = {state:?}\nhosts_file = {hosts:?}\ncertificate = {cert:?}\n",
+        puppet = dir.join("puppet").display().to_string(),
+        home = home.display().to_string(),
+        state = home.join("provision").display().to_string(),
+        hosts = home.join("hosts").display().to_string(),
+        cert = home.join("ssl/cert.pem").display().to_string(),
+    )
+}
+
+/// `[puppetca]` of a master whose CA is `<dir>/ca-<ip>`.
+fn master(ip: &str, dir: &Path) -> String {
+    let ca = ca_dir(dir, ip);
+    format!(
+        "[puppetca]\nenabled = true\ncommand = {:?}\nextra_args = [{:?}]\n",
+        dir.join("puppetserver").display().to_string(),
+        ca.display().to_string()
+    )
+}
+
+/// Collected notifications.
+#[derive(Default)]
+struct Inbox {
+    webhooks: Vec<Value>,
+    mails: Vec<String>,
+}
+
+/// A webhook receiver and an SMTP sink on loopback, for the test's life.
+fn receivers(inbox: Arc<Mutex<Inbox>>) -> (u16, u16) {
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let smtp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = (web.local_addr().unwrap().port(), smtp.local_addr().unwrap().port());
+    let hooks = inbox.clone();
+    std::thread::spawn(move || {
+        for stream in web.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(json) = serde_json::from_slice(&body) {
+                hooks.lock().unwrap().webhooks.push(json);
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    std::thread::spawn(move || {
+        for stream in smtp.incoming().flatten() {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let _ = out.write_all(b"220 sink ESMTP\r\n");
+                let mut data: Option<String> = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(body) = data.as_mut() {
+                        if line == ".\r\n" {
+                            inbox.lock().unwrap().mails.push(data.take().unwrap_or_default());
+                            let _ = out.write_all(b"250 queued\r\n");
+                        } else {
+                            body.push_str(&line);
+                        }
+                        continue;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 sink\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = out.write_all(b"221 bye\r\n");
+                            break;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    let _ = out.write_all(reply);
+                }
+            });
+        }
+    });
+    ports
+}
+
+fn provisioner_config(dir: &Path, name: &str, ports: (u16, u16), extra: &str) -> PathBuf {
+    write(
+        dir,
+        &format!("{name}.toml"),
+        &format!(
+            "store = {store:?}\nconcurrency = 4\nsweep_interval = \"2s\"\nlock_ttl = \"60s\"\n{extra}\n\
+             [master]\ncriteria = [\"region\", \"country\"]\n\
+             [retry]\nattempts = 2\nbackoff = \"300ms\"\n\
+             [notify]\ntargets = [\"http://127.0.0.1:{web}/hook\", \"mailto:ops@example.com\"]\n\
+             [notify.smtp]\nserver = \"127.0.0.1\"\nport = {smtp}\ntls = \"none\"\nfrom = \"cohort@example.com\"\n",
+            store = dir.join(format!("{name}.redb")).display().to_string(),
+            web = ports.0,
+            smtp = ports.1,
+        ),
+    )
+}
+
+fn provisioner(fleet: &Fleet, config: &Path) -> Daemon {
+    let mut command = cohort();
+    command
+        .args(["provision", "run", "--provision-config"])
+        .arg(config)
+        .arg("-c")
+        .arg(&fleet.client_config)
+        .env("COHORT_LOG", "info");
+    Daemon::spawn(command)
+}
+
+fn status(fleet: &Fleet, config: &Path) -> BTreeMap<String, Value> {
+    let output =
+        fleet.cli(&["provision", "status", "-j", "--provision-config", config.to_str().unwrap()]);
+    let nodes: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap_or_default();
+    nodes.into_iter().map(|n| (n["node"].as_str().unwrap_or("").to_owned(), n)).collect()
+}
+
+/// Waits until every one of `nodes` is settled (done or failed) in the provisioner's status.
+fn wait_settled(
+    fleet: &Fleet,
+    config: &Path,
+    nodes: &[&str],
+    daemon: &Daemon,
+    within: Duration,
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = status(fleet, config);
+        let settled = nodes.iter().all(|n| {
+            now.get(*n).is_some_and(|p| matches!(p["state"].as_str(), Some("done" | "failed")))
+        });
+        if settled {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "not settled: {now:#?}\n{}", daemon.stderr_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+fn count(lines: &[String], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[test]
+fn new_nodes_go_from_bare_to_production() {
+    if !slow_tests() {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the provisioner test");
+        return;
+    }
+    let probe = tempfile::tempdir().unwrap();
+    standins(probe.path());
+    let specs = [
+        node_spec("m-eu", "region: eu\ncountry: ie\nipaddress: 127.0.0.11\n"),
+        node_spec("m-us", "region: us\ncountry: de\nipaddress: 127.0.0.12\n"),
+        node_spec("n1", "region: eu\ncountry: de\nipaddress: 10.0.0.1\n"),
+        node_spec("n2", "region: eu\nipaddress: 10.0.0.2\n"),
+        node_spec("n3", "region: us\nipaddress: 10.0.0.3\n"),
+        node_spec("n4", "region: eu\nipaddress: 10.0.0.4\n"),
+    ];
+    let mut fleet = Fleet::start_configured(BrokerKind::Cohort, &specs, &|node, dir| {
+        standins(dir);
+        match node {
+            "m-eu" => master("127.0.0.11", dir),
+            "m-us" => master("127.0.0.12", dir),
+            other => new_node(other, dir),
+        }
+    });
+    let dir = fleet.dir.path().to_owned();
+    // A stale certificate for n4 on the EU master: cleaned before n4 is signed.
+    std::fs::write(dir.join("ca-127.0.0.11/signed/n4"), "stale").unwrap();
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let ports = receivers(inbox.clone());
+    let metrics_port = cohort_test_support::free_port();
+    let config =
+        provisioner_config(&dir, "p1", ports, &format!("metrics = \"127.0.0.1:{metrics_port}\""));
+    let daemon = provisioner(&fleet, &config);
+    let mut nodes = vec!["n1", "n2", "n3", "n4"];
+    wait_settled(&fleet, &config, &nodes, &daemon, Duration::from_secs(60));
+    // A node that starts while the provisioner runs is noticed from its announcement.
+    let extra = new_node("n5", &dir);
+    let agents = fleet.agents_dir.clone();
+    let noticed = Instant::now();
+    fleet.add_node_configured(
+        &node_spec("n5", "region: us\nipaddress: 10.0.0.5\n"),
+        &agents,
+        &extra,
+    );
+    nodes.push("n5");
+    let done = wait_settled(&fleet, &config, &nodes, &daemon, Duration::from_secs(60));
+    eprintln!("n5 provisioned {:?} after its daemon was started", noticed.elapsed());
+
+    for node in &nodes {
+        assert_eq!(
+            done[*node]["state"],
+            "done",
+            "{node}: {:#?}\n{}",
+            done[*node],
+            daemon.stderr_text()
+        );
+    }
+    let signed = lines_of(&dir.join("signed.log"));
+    for node in &nodes {
+        assert_eq!(count(&signed, &format!("{node} ")), 1, "{node} signed once: {signed:?}");
+    }
+    let expected_master = |node: &str| if matches!(node, "n3" | "n5") { "m-us" } else { "m-eu" };
+    for node in &nodes {
+        assert_eq!(done[*node]["master"], expected_master(node), "{node}");
+        let home = dir.join(node);
+        assert!(
+            home.join("ran-bootstrap").exists() && home.join("ran-production").exists(),
+            "{node} ran both environments"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join("daemon")).unwrap_or_default(),
+            "started\n",
+            "{node} daemonized"
+        );
+    }
+    // n1 agrees with m-eu on region and with m-us on country: the first criterion wins.
+    assert_eq!(done["n1"]["master"], "m-eu");
+    // Only the `puppet` name moved in the hosts file.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("n3/hosts")).unwrap(),
+        "127.0.0.1\tlocalhost\n10.9.9.9\tpuppetdb # old\n127.0.0.12\tpuppet\n"
+    );
+    let cleaned = lines_of(&dir.join("cleaned.log"));
+    assert!(cleaned.contains(&"n4 ca-127.0.0.11".to_owned()), "stale n4 cleaned: {cleaned:?}");
+    assert!(signed.contains(&"n4 ca-127.0.0.11".to_owned()));
+    {
+        let inbox = inbox.lock().unwrap();
+        let hooked: Vec<&str> =
+            inbox.webhooks.iter().filter_map(|h| h["message"].as_str()).collect();
+        for node in &nodes {
+            let line = format!("Provisioned {node} against {}", expected_master(node));
+            assert_eq!(
+                hooked.iter().filter(|m| **m == line).count(),
+                1,
+                "webhook for {node}: {hooked:?}"
+            );
+            assert_eq!(
+                inbox.mails.iter().filter(|m| m.contains(&line)).count(),
+                1,
+                "one mail for {node}"
+            );
+        }
+        assert!(inbox.mails.iter().all(|m| m.contains("Subject: New Node")));
+    }
+    // Nobody is provisionable any more: the fact turned and the agent went away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let disabled = fleet.cli(&["find", "-F", "provision_disabled=true", "--dt", "2"]);
+        let mut found: Vec<String> = stdout(&disabled).lines().map(str::to_owned).collect();
+        found.sort();
+        if found == nodes {
+            break;
+        }
+        assert!(Instant::now() < deadline, "provision_disabled=true on {found:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = fleet.cli(&["find", "-A", "provision", "--dt", "1"]);
+        if stdout(&left).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still offering provision: {}", stdout(&left));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = reqwest_get(metrics_port);
+    assert!(metrics.contains("cohort_provision_nodes{state=\"done\"} 5"), "{metrics}");
+    assert!(metrics.contains("cohort_provision_provisioned_total 5"), "{metrics}");
+    assert!(
+        metrics.contains("cohort_provision_step_seconds_count{step=\"sign_certificate\"} 5"),
+        "{metrics}"
+    );
+    let log = daemon.stderr_text();
+    assert!(log.contains("n1: master m-eu / 127.0.0.11: region == \"eu\""), "{log}");
+    assert!(log.contains("n3: run_puppet ok in"), "one line per step: {log}");
+
+    // The EU master goes away: the next EU node gets the master that agrees on the next
+    // criterion (country), not a random one.
+    fleet.stop_node("m-eu");
+    let extra = new_node("n6", &dir);
+    fleet.add_node_configured(
+        &node_spec("n6", "region: eu\ncountry: de\nipaddress: 10.0.0.6\n"),
+        &agents,
+        &extra,
+    );
+    let done = wait_settled(&fleet, &config, &["n6"], &daemon, Duration::from_secs(60));
+    assert_eq!(
+        (done["n6"]["state"].as_str(), done["n6"]["master"].as_str()),
+        (Some("done"), Some("m-us")),
+        "{:#?}",
+        done["n6"]
+    );
+    let history: Vec<&str> = done["n6"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(history.iter().any(|m| m.contains("country == \"de\"")), "{history:?}");
+}
+
+/// A GET of /metrics with a plain socket (the test needs no HTTP client).
+fn reqwest_get(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn failures_restarts_and_rival_provisioners() {
+    if !slow_tests() {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the provisioner fault test");
+        return;
+    }
+    let specs = [
+        node_spec("fm", "region: eu\nipaddress: 127.0.0.21\n"),
+        node_spec("f1", "region: eu\nipaddress: 10.1.0.1\n"),
+        node_spec("k1", "region: eu\nipaddress: 10.1.0.2\n"),
+    ];
+    let mut fleet = Fleet::start_configured(BrokerKind::Cohort, &specs, &|node, dir| {
+        standins(dir);
+        let home = dir.join(node);
+        std::fs::create_dir_all(&home).unwrap();
+        match node {
+            "fm" => master("127.0.0.21", dir),
+            "f1" => {
+                std::fs::write(home.join("fail"), "").unwrap();
+                new_node(node, dir)
+            }
+            _ => {
+                // k1's bootstrap run takes a while: the provisioner is killed during it.
+                std::fs::write(home.join("slow-bootstrap"), "3").unwrap();
+                new_node(node, dir)
+            }
+        }
+    });
+    let dir = fleet.dir.path().to_owned();
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let ports = receivers(inbox.clone());
+    let config = provisioner_config(&dir, "p1", ports, "");
+    let mut first = provisioner(&fleet, &config);
+    // Kill it (SIGKILL) once k1 is signed and in its bootstrap run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines_of(&dir.join("signed.log")).iter().any(|l| l.starts_with("k1 ")) {
+        assert!(Instant::now() < deadline, "k1 never signed: {}", first.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5));
+    let again = provisioner(&fleet, &config);
+    let done = wait_settled(&fleet, &config, &["f1", "k1"], &again, Duration::from_secs(90));
+    assert_eq!(done["k1"]["state"], "done", "{:#?}\n{}", done["k1"], again.stderr_text());
+    let signed = lines_of(&dir.join("signed.log"));
+    assert_eq!(count(&signed, "k1 "), 1, "resumed without signing again: {signed:?}");
+    assert!(again.stderr_text().contains("k1: bootstrap_puppet ok"), "{}", again.stderr_text());
+
+    // f1's runs fail: two attempts, then failed, unlocked and notified.
+    assert_eq!(done["f1"]["state"], "failed");
+    let reason = done["f1"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with(
+            "bootstrap_puppet failed 2 times: Puppet failed due to 2 failed resource(s)"
+        ),
+        "{reason}"
+    );
+    let asked = fleet.cli(&["rpc", "provision", "status", "-I", "f1", "-j"]);
+    let replies: Value = serde_json::from_str(&stdout(&asked)).unwrap();
+    assert_eq!(
+        replies["replies"][0]["data"]["locked"], false,
+        "a failed node is unlocked: {replies}"
+    );
+    assert_eq!(replies["replies"][0]["data"]["disabled"], false);
+    let hooked: Vec<String> = inbox
+        .lock()
+        .unwrap()
+        .webhooks
+        .iter()
+        .filter_map(|h| h["subject"].as_str().map(str::to_owned))
+        .collect();
+    assert!(hooked.contains(&"Provisioning failed: f1".to_owned()), "{hooked:?}");
+
+    // `retry` sends it through again; fixed, it is provisioned.
+    std::fs::remove_file(dir.join("f1/fail")).unwrap();
+    let retried =
+        fleet.cli(&["provision", "retry", "f1", "--provision-config", config.to_str().unwrap()]);
+    assert!(retried.status.success(), "{}", crate::fleet::stderr(&retried));
+    let done = wait_settled(&fleet, &config, &["f1"], &again, Duration::from_secs(60));
+    assert_eq!(done["f1"]["state"], "done", "{:#?}", done["f1"]);
+    drop(again);
+
+    // Two provisioners, each with its own store, on four new nodes: each node done once.
+    let rivals = ["r1", "r2", "r3", "r4"];
+    let a = provisioner(&fleet, &config);
+    let b_config = provisioner_config(&dir, "p2", ports, "");
+    let b = provisioner(&fleet, &b_config);
+    let agents = fleet.agents_dir.clone();
+    for name in rivals {
+        let extra = new_node(name, &dir);
+        let spec = NodeSpec {
+            name,
+            fact_file: "facts.yaml",
+            facts: "region: eu\nipaddress: 10.2.0.1\n",
+            classes: "",
+            collectives: &["cohort"],
+        };
+        fleet.add_node_configured(&spec, &agents, &extra);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let runs = lines_of(&dir.join("runs.log"));
+        if rivals.iter().all(|n| count(&runs, &format!("{n} production")) > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rivals not done: {runs:?}\n{}\n{}",
+            a.stderr_text(),
+            b.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let runs = lines_of(&dir.join("runs.log"));
+    let signed = lines_of(&dir.join("signed.log"));
+    for name in rivals {
+        assert_eq!(count(&runs, &format!("{name} production")), 1, "{name} run once: {runs:?}");
+        assert_eq!(count(&signed, &format!("{name} ")), 1, "{name} signed once");
+    }
+    let (one, two) = (status(&fleet, &config), status(&fleet, &b_config));
+    for name in rivals {
+        let by = [&one, &two]
+            .iter()
+            .filter(|s| s.get(name).is_some_and(|p| p["state"] == "done"))
+            .count();
+        assert_eq!(by, 1, "{name} done by exactly one provisioner");
+    }
+}
