@@ -244,7 +244,10 @@ impl ProvisionNode {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                return Err(refused(format!("cannot remove {}: {err}", self.lock_path().display())));
+                return Err(refused(format!(
+                    "cannot remove {}: {err}",
+                    self.lock_path().display()
+                )));
             }
         }
         Ok(lock_data(None))

@@ -277,12 +277,24 @@ async fn serve(
     common: &CommonFlags,
     io: &mut Io<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.store).with_context(|| {
-        format!(
-            "cannot open the progress store {} (is another provisioner using it?)",
-            config.store.display()
-        )
-    })?;
+    // `cohort provision status` with no provisioner running opens the store for a moment:
+    // wait that out rather than fail; another provisioner on the same store keeps it.
+    let mut attempts = 0;
+    let store = loop {
+        match Store::open(&config.store) {
+            Ok(store) => break store,
+            Err(_) if attempts < 30 => attempts += 1,
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "cannot open the progress store {} (is another provisioner using it?)",
+                        config.store.display()
+                    )
+                });
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let session = Session::open(common, &Filter::default()).await?;
     let metrics = ProvisionMetrics::default();
     if let Some(address) = &config.metrics {

@@ -252,16 +252,27 @@ fn wait_settled(
     daemon: &Daemon,
     within: Duration,
 ) -> BTreeMap<String, Value> {
+    let (settled, now) = poll_settled(fleet, config, nodes, within);
+    assert!(settled, "not settled: {now:#?}\n{}", daemon.stderr_text());
+    now
+}
+
+/// The status once every one of `nodes` is settled, or at the deadline; and which it was.
+fn poll_settled(
+    fleet: &Fleet,
+    config: &Path,
+    nodes: &[&str],
+    within: Duration,
+) -> (bool, BTreeMap<String, Value>) {
     let deadline = Instant::now() + within;
     loop {
         let now = status(fleet, config);
         let settled = nodes.iter().all(|n| {
             now.get(*n).is_some_and(|p| matches!(p["state"].as_str(), Some("done" | "failed")))
         });
-        if settled {
-            return now;
+        if settled || Instant::now() >= deadline {
+            return (settled, now);
         }
-        assert!(Instant::now() < deadline, "not settled: {now:#?}\n{}", daemon.stderr_text());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -572,5 +583,223 @@ fn failures_restarts_and_rival_provisioners() {
             .filter(|s| s.get(name).is_some_and(|p| p["state"] == "done"))
             .count();
         assert_eq!(by, 1, "{name} done by exactly one provisioner");
+    }
+}
+
+/// `puppetserver` as the test found it (already listening on 8140) or as it started it; a
+/// server it started is stopped (its process group, by the PID it spawned) at the end.
+struct PuppetServer {
+    started: Option<std::process::Child>,
+}
+
+impl PuppetServer {
+    fn listening() -> bool {
+        std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:8140".parse().unwrap(),
+            Duration::from_millis(300),
+        )
+        .is_ok()
+    }
+
+    fn ensure(ca_config: &Path) -> PuppetServer {
+        let started = if Self::listening() {
+            None
+        } else {
+            let child = std::process::Command::new("puppetserver")
+                .arg("foreground")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("puppetserver starts");
+            Some(child)
+        };
+        let server = PuppetServer { started };
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let list = std::process::Command::new("puppetserver")
+                .args(["ca", "list", "--all", "--format", "json", "--config"])
+                .arg(ca_config)
+                .output()
+                .unwrap();
+            if list.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "puppetserver did not come up: {}",
+                String::from_utf8_lossy(&list.stderr)
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        server
+    }
+}
+
+impl Drop for PuppetServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.started {
+            let pid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+fn ca(ca_config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("puppetserver")
+        .arg("ca")
+        .args(args)
+        .arg("--config")
+        .arg(ca_config)
+        .output()
+        .unwrap()
+}
+
+/// End to end with Debian's real `puppetserver` as CA and master and real `puppet` agents, each
+/// node with its own certname, ssldir, vardir and confdir: every certificate signed exactly
+/// once (the CA's own inventory counts), a stale one cleaned first, both environments applied
+/// (files their manifests write), notifications sent, nodes no longer provisionable.
+#[test]
+fn real_puppet_from_bare_to_production() {
+    if !slow_tests() {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the real Puppet provisioning test");
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the real Puppet provisioning test needs root (puppetserver's CA)"
+    );
+    let host = String::from_utf8(
+        std::process::Command::new("hostname").arg("-f").output().unwrap().stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let run = std::process::id();
+    let names: Vec<String> = (1..=3).map(|i| format!("pv{run}-n{i}")).collect();
+    let leaked: Vec<&'static str> =
+        names.iter().map(|n| &*Box::leak(n.clone().into_boxed_str())).collect();
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_owned();
+    std::fs::set_permissions(&out_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    // The two environments, on the server.
+    let environments = Path::new("/etc/puppet/code/environments");
+    for env in ["bootstrap", "production"] {
+        let manifests = environments.join(format!("cohortprov_{env}/manifests"));
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("site.pp"),
+            format!("file {{ \"{}/${{trusted['certname']}}.{env}\": ensure => file, content => \"{env}\\n\" }}\n", out_dir.display()),
+        )
+        .unwrap();
+    }
+    let ca_config = out_dir.join("ca-puppet.conf");
+    std::fs::write(&ca_config, format!("[main]\nserver = {host}\n")).unwrap();
+    let _server = PuppetServer::ensure(&ca_config);
+    // A stale certificate for the second node, left by an earlier server of that name.
+    let stale = ca(&ca_config, &["generate", "--certname", leaked[1]]);
+    assert!(stale.status.success(), "{}", String::from_utf8_lossy(&stale.stderr));
+
+    let mut specs = vec![node_spec("pvmaster", "ipaddress: 127.0.0.1\n")];
+    for name in &leaked {
+        specs.push(node_spec(name, "ipaddress: 127.0.0.2\n"));
+    }
+    let fleet = Fleet::start_configured(BrokerKind::Cohort, &specs, &|node, dir| {
+        if node == "pvmaster" {
+            return format!(
+                "[puppetca]\nenabled = true\nextra_args = [\"--config\", {:?}]\ntimeout = \"120s\"\n",
+                ca_config.display().to_string()
+            );
+        }
+        let home = dir.join(node);
+        for sub in ["conf", "var", "ssl"] {
+            std::fs::create_dir_all(home.join(sub)).unwrap();
+        }
+        std::fs::write(
+            home.join("conf/puppet.conf"),
+            "[agent]\nenvironment = cohortprov_production\nreport = false\n",
+        )
+        .unwrap();
+        std::fs::write(home.join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        let arg = |p: &str| format!("{:?}", home.join(p).display().to_string());
+        format!(
+            "[puppet]\ncommand = \"/usr/bin/puppet\"\nextra_args = [\"--confdir\", {}, \"--vardir\", {}, \"--ssldir\", {}, \"--certname\", {node:?}, \"--server\", {host:?}]\n\
+             [provision]\nenabled = true\nstate_dir = {}\nhosts_file = {}\ncertificate = {:?}\n",
+            arg("conf"),
+            arg("var"),
+            arg("ssl"),
+            arg("provision"),
+            arg("hosts"),
+            home.join(format!("ssl/certs/{node}.pem")).display().to_string(),
+        )
+    });
+    let dir = fleet.dir.path().to_owned();
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let ports = receivers(inbox.clone());
+    let config = provisioner_config(
+        &dir,
+        "real",
+        ports,
+        "bootstrap_environment = \"cohortprov_bootstrap\"\n\
+         steps = [\"set_puppet_host\", \"clean_cert\", \"request_certificate\", \"sign_certificate\", \"bootstrap_puppet\", \"run_puppet\", \"disable\", \"notify\"]",
+    );
+    let daemon = provisioner(&fleet, &config);
+    let (_, done) = poll_settled(&fleet, &config, &leaked, Duration::from_secs(300));
+
+    let inventory =
+        std::fs::read_to_string("/etc/puppet/puppetserver/ca/inventory.txt").unwrap_or_default();
+    let issued =
+        |name: &str| inventory.lines().filter(|l| l.ends_with(&format!("/CN={name}"))).count();
+    let listing: Value =
+        serde_json::from_slice(&ca(&ca_config, &["list", "--all", "--format", "json"]).stdout)
+            .unwrap();
+    let signed: Vec<&str> =
+        listing["signed"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    let mut failures = Vec::new();
+    for name in &leaked {
+        if done.get(*name).is_none_or(|p| p["state"] != "done") {
+            failures.push(format!("{name}: {:#}", done.get(*name).cloned().unwrap_or_default()));
+        }
+    }
+    // Tidy the CA before asserting, so a failure leaves nothing behind.
+    for name in &leaked {
+        let _ = ca(&ca_config, &["clean", "--certname", name]);
+        // `generate` left the stale certificate's key pair in the server's own ssldir.
+        for kind in ["certs", "private_keys", "public_keys"] {
+            let _ = std::fs::remove_file(format!("/var/lib/puppet/ssl/{kind}/{name}.pem"));
+        }
+    }
+    for env in ["bootstrap", "production"] {
+        let _ = std::fs::remove_dir_all(environments.join(format!("cohortprov_{env}")));
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", daemon.stderr_text());
+    for name in &leaked {
+        assert!(signed.contains(name), "{name} signed: {signed:?}");
+        let expected = if *name == leaked[1] { 2 } else { 1 };
+        assert_eq!(issued(name), expected, "{name}: certificates issued (the stale one included)");
+        for env in ["bootstrap", "production"] {
+            assert!(out_dir.join(format!("{name}.{env}")).exists(), "{name} applied {env}");
+        }
+        assert!(dir.join(name).join("provision/disabled").exists());
+    }
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains(&format!("{}: clean_cert ok", leaked[1]))
+            && log.contains(&format!("cleaned on pvmaster")),
+        "{log}"
+    );
+    let inbox = inbox.lock().unwrap();
+    for name in &leaked {
+        let line = format!("Provisioned {name} against pvmaster");
+        assert_eq!(
+            inbox.webhooks.iter().filter(|h| h["message"] == line.as_str()).count(),
+            1,
+            "{name}"
+        );
+        assert_eq!(inbox.mails.iter().filter(|m| m.contains(&line)).count(), 1, "{name}");
     }
 }
