@@ -224,6 +224,15 @@ impl Fleet {
                         settings.nrpe.config = vec![dir.join(format!("{identity}.cfg"))];
                     }
                     settings.puppet = for_node(&settings.puppet, identity.as_str());
+                    let own = |p: &std::path::Path| {
+                        std::path::PathBuf::from(
+                            p.display().to_string().replace("{identity}", identity.as_str()),
+                        )
+                    };
+                    settings.provision.state_dir = own(&settings.provision.state_dir);
+                    settings.provision.hosts_file = own(&settings.provision.hosts_file);
+                    settings.provision.certificate =
+                        settings.provision.certificate.as_deref().map(own);
                     let mut agents = builtin_agents(&settings);
                     if let Some(bench) = BenchAgent::new() {
                         agents.push(Arc::new(bench));

@@ -90,7 +90,12 @@ pub struct Driver<F: Fleet> {
     metrics: ProvisionMetrics,
     nodes: Mutex<BTreeMap<String, Progress>>,
     running: Mutex<BTreeSet<String>>,
+    /// The masters last discovered, and when: one discovery serves every node for a while.
+    masters: tokio::sync::Mutex<Option<(Instant, Vec<Found>)>>,
 }
+
+/// How long a discovery of the masters is reused (a retry always asks again).
+const MASTERS_FRESH: Duration = Duration::from_secs(10);
 
 struct Filters {
     target: Filter,
@@ -148,6 +153,7 @@ impl<F: Fleet> Driver<F> {
             metrics,
             nodes: Mutex::new(nodes),
             running: Mutex::new(BTreeSet::new()),
+            masters: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -353,10 +359,20 @@ impl<F: Fleet> Driver<F> {
         })
     }
 
-    async fn masters(&self) -> Result<Vec<Found>, String> {
+    /// The masters, from a recent discovery unless `fresh` (then, and when stale, asked anew;
+    /// concurrent askers wait for the one discovery).
+    async fn masters(&self, fresh: bool) -> Result<Vec<Found>, String> {
+        let mut cached = self.masters.lock().await;
+        if !fresh
+            && let Some((at, found)) = cached.as_ref()
+            && at.elapsed() < MASTERS_FRESH
+        {
+            return Ok(found.clone());
+        }
         let mut found =
             self.fleet.discover(&self.config.master.agent, &self.filters.master).await?;
         found.sort_by(|a, b| a.identity.cmp(&b.identity));
+        *cached = Some((Instant::now(), found.clone()));
         Ok(found)
     }
 
@@ -366,7 +382,7 @@ impl<F: Fleet> Driver<F> {
         progress: &mut Progress,
         node_facts: &Map<String, Value>,
     ) -> Result<(), String> {
-        let masters = self.masters().await?;
+        let masters = self.masters(false).await?;
         let busy: BTreeMap<String, usize> = {
             let mut busy = BTreeMap::new();
             for p in self.nodes().values().filter(|p| !p.is_settled()) {
@@ -439,8 +455,10 @@ impl<F: Fleet> Driver<F> {
         if answer.data.get("locked").and_then(Value::as_bool) == Some(true) {
             return Err(StepError::Lost(answer.message));
         }
-        if answer.message.contains("disabled") {
-            return Err(StepError::Gone(answer.message));
+        // Disabled, or its provision agent already deactivated: someone finished it.
+        if answer.message.contains("disabled") || answer.message.starts_with("no agent 'provision'")
+        {
+            return Err(StepError::Gone(format!("no longer provisionable: {}", answer.message)));
         }
         Err(failed(format!("lock: {}", answer.message)))
     }
@@ -471,6 +489,9 @@ impl<F: Fleet> Driver<F> {
                     let word = if outcome == Outcome::Skipped { "skipped" } else { "ok" };
                     tracing::info!("{node}: {step} {word} in {ms} ms: {message}");
                     progress.advance(step.name(), outcome, message, ms, total, now_ms());
+                    if progress.state == State::Done {
+                        self.metrics.provisioned.inc();
+                    }
                 }
                 Err(StepError::Lost(holder)) => {
                     tracing::info!("{node}: left alone: {holder}");
@@ -506,7 +527,6 @@ impl<F: Fleet> Driver<F> {
         }
         if progress.state == State::Done {
             self.unlock(node).await;
-            self.metrics.provisioned.inc();
             let master = progress.master.clone().unwrap_or_else(|| "no master".to_owned());
             tracing::info!("{node}: provisioned against {master}");
             progress.log(now_ms(), "done", Outcome::Ok, format!("provisioned against {master}"), 0);
@@ -565,7 +585,7 @@ impl<F: Fleet> Driver<F> {
             if progress.attempts > 0
                 && let Some(master) = progress.master.clone()
             {
-                let masters = self.masters().await.map_err(failed)?;
+                let masters = self.masters(true).await.map_err(failed)?;
                 if !masters.iter().any(|m| m.identity == master) {
                     progress.restart(format!("{master} went away; choosing again"), now_ms());
                     tracing::warn!("{node}: master {master} went away; starting over");
@@ -634,7 +654,7 @@ impl<F: Fleet> Driver<F> {
                 ))
             }
             Step::CleanCert => {
-                let masters = self.masters().await.map_err(failed)?;
+                let masters = self.masters(progress.attempts > 0).await.map_err(failed)?;
                 let mut cleaned = Vec::new();
                 for m in &masters {
                     let answer = self
@@ -745,7 +765,7 @@ impl<F: Fleet> Driver<F> {
         if progress.signed {
             return Ok((Outcome::Skipped, "signed already".to_owned()));
         }
-        let masters = self.masters().await.map_err(failed)?;
+        let masters = self.masters(progress.attempts > 0).await.map_err(failed)?;
         let agent = &self.config.master.agent;
         let mut holder = None;
         for m in &masters {

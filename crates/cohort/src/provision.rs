@@ -175,10 +175,14 @@ impl Fleet for Bus {
     async fn discover(&self, agent: &str, filter: &Filter) -> Result<Vec<Found>, String> {
         let mut filter = filter.clone();
         filter.agent.push(agent.to_owned());
-        let listed = cohort_client::literal_identities(&filter);
+        // Named nodes are asked directly, with no filter on the request (a node that does not
+        // match would stay silent and be waited for): the filter is applied to the answers.
+        let named = Filter { identity: filter.identity.clone(), ..Filter::default() };
+        let listed = cohort_client::literal_identities(&named);
+        let sent = if listed.is_some() { Filter::default() } else { filter.clone() };
         let (_, result) = self
             .session
-            .call_quietly("rpcutil", &filter, "inventory", Map::new(), listed)
+            .call_quietly("rpcutil", &sent, "inventory", Map::new(), listed)
             .await
             .map_err(|err| format!("{err:#}"))?;
         let mut found = Vec::new();
@@ -187,37 +191,26 @@ impl Fleet for Bus {
             if reply.status != StatusCode::Ok {
                 continue;
             }
-            // A listed node is asked directly: check it really hosts the agent and matches.
-            let agents: Vec<&str> = reply
-                .data
-                .get("agents")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if !agents.contains(&agent) {
-                continue;
-            }
+            let strings = |key: &str| -> Vec<String> {
+                reply
+                    .data
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default()
+            };
+            let (agents, classes) = (strings("agents"), strings("classes"));
             let facts =
                 reply.data.get("facts").and_then(Value::as_object).cloned().unwrap_or_default();
-            if !filter.fact.is_empty() || !filter.compound.is_empty() {
-                let classes: Vec<String> = reply
-                    .data
-                    .get("classes")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
-                let names: Vec<String> = agents.iter().map(|a| (*a).to_owned()).collect();
-                let node = cohort_filter::Node {
-                    identity: reply.sender.as_str(),
-                    facts: &facts,
-                    classes: &classes,
-                    agents: &names,
-                };
-                if !cohort_filter::matches(&filter, &node) {
-                    continue;
-                }
+            let node = cohort_filter::Node {
+                identity: reply.sender.as_str(),
+                facts: &facts,
+                classes: &classes,
+                agents: &agents,
+            };
+            if cohort_filter::matches(&filter, &node) {
+                found.push(Found { identity: reply.sender.as_str().to_owned(), facts });
             }
-            found.push(Found { identity: reply.sender.as_str().to_owned(), facts });
         }
         Ok(found)
     }
@@ -244,31 +237,6 @@ impl Fleet for Bus {
             data: reply.data,
         })
     }
-}
-
-async fn serve_metrics(address: &str, metrics: ProvisionMetrics) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {address}"))?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.prometheus_text(),
-                )
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(())
 }
 
 /// The provisioner until SIGTERM or SIGINT.
@@ -298,7 +266,8 @@ async fn serve(
     let session = Session::open(common, &Filter::default()).await?;
     let metrics = ProvisionMetrics::default();
     if let Some(address) = &config.metrics {
-        serve_metrics(address, metrics.clone()).await?;
+        let metrics = metrics.clone();
+        crate::schedule::serve_metrics(address, move || metrics.prometheus_text()).await?;
     }
     let owner = format!(
         "{}-{}",

@@ -28,21 +28,26 @@ use crate::puppet::observed;
 
 use crate::output::log_time as timestamp;
 
-async fn serve_metrics(address: &str, metrics: Arc<ScheduleMetrics>) -> anyhow::Result<()> {
+/// Serves `render()` as OpenMetrics text at `http://address/metrics` (the scheduler's and the
+/// provisioner's metrics).
+pub(crate) async fn serve_metrics(
+    address: &str,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen for metrics on {address}"))?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let metrics = metrics.clone();
+            let text = render();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    metrics.prometheus_text(),
+                    text,
                 )
             }
         }),
@@ -68,7 +73,8 @@ pub(crate) async fn run(
     let session = Session::open(common, &filter).await?;
     let metrics = Arc::new(ScheduleMetrics::default());
     if let Some(address) = &config.metrics {
-        serve_metrics(address, metrics.clone()).await?;
+        let metrics = metrics.clone();
+        serve_metrics(address, move || metrics.prometheus_text()).await?;
     }
     let me = format!(
         "{}-{}-{:08x}",
