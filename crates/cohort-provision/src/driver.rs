@@ -72,6 +72,27 @@ pub enum Command {
     Forget(String, oneshot::Sender<Result<String, String>>),
 }
 
+/// The identity a registration names if, by its own account, it hosts `agent` and matches
+/// `filter`. A signed registration carries the envelope as the text of its `message` field.
+pub fn provisionable_announcement(payload: &[u8], agent: &str, filter: &Filter) -> Option<String> {
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    let registration: cohort_proto::Registration =
+        match value.get("message").and_then(Value::as_str) {
+            Some(inner) => serde_json::from_str(inner).ok()?,
+            None => serde_json::from_value(value).ok()?,
+        };
+    let agents: Vec<String> = registration.agents.iter().map(|a| a.as_str().to_owned()).collect();
+    let node = cohort_filter::Node {
+        identity: registration.identity.as_str(),
+        facts: &registration.facts,
+        classes: &registration.classes,
+        agents: &agents,
+    };
+    let offered = agents.iter().any(|a| a == agent);
+    (offered && cohort_filter::matches(filter, &node))
+        .then(|| registration.identity.as_str().to_owned())
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -155,6 +176,17 @@ impl<F: Fleet> Driver<F> {
             running: Mutex::new(BTreeSet::new()),
             masters: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The identity a start-up announcement (a registration, signed or not) names, when it
+    /// looks provisionable by its own account (the target agent and filter, on the agents,
+    /// facts and classes it announces) and is not known here yet. Only a hint: the node is then
+    /// checked by a signed discovery. Everything else (the steady stream of periodic
+    /// registrations from a provisioned fleet) costs nothing more than this.
+    pub fn announced(&self, payload: &[u8]) -> Option<String> {
+        let identity =
+            provisionable_announcement(payload, &self.config.target.agent, &self.filters.target)?;
+        (!self.nodes().contains_key(&identity)).then_some(identity)
     }
 
     /// The senders, to adjust webhook retries.
@@ -857,5 +889,46 @@ impl<F: Fleet> Driver<F> {
         } else {
             Err(errors.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(agents: &[&str], disabled: &str) -> Vec<u8> {
+        json!({
+            "protocol": cohort_proto::PROTOCOL, "version": cohort_proto::VERSION, "identity": "n1",
+            "collectives": ["cohort"], "agents": agents, "facts": {"provision_disabled": disabled},
+            "classes": [], "time": 0,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn announcements_are_read_signed_or_not_and_filtered() {
+        let filter = cohort_filter::FilterArgs {
+            fact: vec!["provision_disabled=false".into()],
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
+        let plain = registration(&["rpcutil", "provision"], "false");
+        assert_eq!(provisionable_announcement(&plain, "provision", &filter).as_deref(), Some("n1"));
+        let sealed = json!({"protocol": "x", "message": String::from_utf8(plain).unwrap(), "signature": "s"}).to_string();
+        assert_eq!(
+            provisionable_announcement(sealed.as_bytes(), "provision", &filter).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            provisionable_announcement(&registration(&["rpcutil"], "false"), "provision", &filter),
+            None
+        );
+        assert_eq!(
+            provisionable_announcement(&registration(&["provision"], "true"), "provision", &filter),
+            None
+        );
+        assert_eq!(provisionable_announcement(b"{not json", "provision", &filter), None);
     }
 }

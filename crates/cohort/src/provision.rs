@@ -285,20 +285,21 @@ async fn serve(
     let control = control::serve(&socket, command_tx)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(4096);
-    // Start-up announcements: only the identity is read; the node is then checked against the
-    // target filter by a signed discovery, so a forged announcement gains nothing.
-    let listener = tokio::spawn(async move {
-        while let Some(message) = registrations.next().await {
-            if let Some(identity) = announced_identity(&message.payload) {
-                let _ = notice_tx.try_send(identity);
-            }
-        }
-    });
     let target_agent = config.target.agent.clone();
     let driver = Arc::new(
         Driver::new(Bus { session }, config, store, owner.clone(), metrics)
             .map_err(anyhow::Error::msg)?,
     );
+    // Start-up announcements: a node that looks provisionable by its own account is then
+    // checked by a signed discovery, so a forged announcement gains nothing.
+    let listening = driver.clone();
+    let listener = tokio::spawn(async move {
+        while let Some(message) = registrations.next().await {
+            if let Some(identity) = listening.announced(&message.payload) {
+                let _ = notice_tx.try_send(identity);
+            }
+        }
+    });
     writeln!(
         io.err,
         "{}: provisioner {owner} listening on {subject} for nodes with the {target_agent} agent",
@@ -316,17 +317,4 @@ async fn serve(
     control.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The identity in a registration (signed or not: only a hint).
-fn announced_identity(payload: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(payload).ok()?;
-    // A sealed message carries the envelope as its `message` field.
-    let value: Value = serde_json::from_str(text).ok()?;
-    let envelope = match value.get("message").and_then(Value::as_str) {
-        Some(inner) => serde_json::from_str(inner).ok()?,
-        None => value,
-    };
-    let identity = envelope.get("identity")?.as_str()?;
-    Identity::new(identity).ok().map(|i| i.as_str().to_owned())
 }
