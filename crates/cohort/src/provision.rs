@@ -166,6 +166,9 @@ fn status(nodes: &[Progress], json: bool, io: &mut Io<'_>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a call's reply is still waited for once the broker connection was seen lost.
+const LOST_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The bus, as the provisioner sees it.
 struct Bus {
     session: Session,
@@ -224,11 +227,41 @@ impl Fleet for Bus {
     ) -> Result<Answer, String> {
         let identity = Identity::new(node).map_err(|err| format!("{node:?}: {err}"))?;
         let filter = Filter::default();
-        let (_, result) = self
-            .session
-            .call_quietly(agent, &filter, action, data, Some(BTreeSet::from([identity])))
-            .await
-            .map_err(|err| format!("{err:#}"))?;
+        let call = self.session.call_quietly(
+            agent,
+            &filter,
+            action,
+            data,
+            Some(BTreeSet::from([identity])),
+        );
+        tokio::pin!(call);
+        // A request published while the broker connection was down may never have reached the
+        // node, and its reply would be waited for until the action's timeout (minutes for a
+        // Puppet run). Once the connection was seen lost, the reply gets LOST_GRACE more; then
+        // the call counts as failed and the step is retried.
+        let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
+        let connects =
+            || self.session.nats().statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+        let before = connects();
+        let mut lost: Option<tokio::time::Instant> = None;
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result.map_err(|err| format!("{err:#}"))?.1,
+                _ = watch.tick() => {
+                    // A reconnection (however brief) or a connection down now.
+                    let down = self.session.nats().connection_state() != async_nats::connection::State::Connected;
+                    if lost.is_none() && (down || connects() != before) {
+                        lost = Some(tokio::time::Instant::now());
+                    }
+                    if lost.is_some_and(|at| at.elapsed() > LOST_GRACE) {
+                        return Err(format!(
+                            "lost the broker during the call; no reply from {node} within {} s of reconnecting",
+                            LOST_GRACE.as_secs()
+                        ));
+                    }
+                }
+            }
+        };
         let reply =
             result.replies.into_iter().next().ok_or_else(|| format!("no reply from {node}"))?.reply;
         Ok(Answer {

@@ -901,3 +901,175 @@ impl Drop for Hogs {
         }
     }
 }
+
+fn keys(dir: &Path, args: &[&str]) {
+    let output = cohort().arg("keys").arg("--dir").arg(dir).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "cohort keys {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn secure_broker(keys_dir: &Path, addr: std::net::SocketAddr) -> Daemon {
+    let mut command = cohort();
+    command
+        .args(["broker", "--listen", &addr.to_string(), "--keys"])
+        .arg(keys_dir)
+        .arg("--tls-cert")
+        .arg(keys_dir.join("broker.pem"))
+        .arg("--tls-key")
+        .arg(keys_dir.join("broker.key"));
+    let broker = Daemon::spawn(command);
+    assert!(
+        cohort_test_support::wait_for_listener(addr, Duration::from_secs(10)),
+        "{}",
+        broker.stderr_text()
+    );
+    broker
+}
+
+/// Secure, as in production: TLS, a broker admitting only issued keys with role permissions,
+/// signed requests, the provision and puppetca agents allowed by policy only to the
+/// provisioner's credential. The broker is restarted while a node's bootstrap run is in
+/// flight: the provisioner and the daemons reconnect and the node is finished, signed once.
+#[test]
+fn secure_provisioning_survives_a_broker_restart() {
+    if !slow_tests() {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the secure provisioning test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys_dir = d.join("keys");
+    keys(&keys_dir, &["init"]);
+    keys(&keys_dir, &["issue", "--role", "provisioner", "--name", "prov1", "--valid", "1d"]);
+    keys(&keys_dir, &["issue", "--role", "client", "--name", "alice", "--valid", "1d"]);
+    for node in ["sec-m", "sec1", "sec2"] {
+        keys(&keys_dir, &["issue", "--role", "node", "--name", node, "--valid", "1d"]);
+    }
+    keys(&keys_dir, &["tls", "--host", "127.0.0.1"]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cohort_test_support::free_port()));
+    let mut broker = secure_broker(&keys_dir, addr);
+    let url = format!("tls://{addr}");
+    let policies = d.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for agent in ["provision", "puppetca"] {
+        write(
+            &policies,
+            &format!("{agent}.policy"),
+            "policy default deny\nallow\tprovisioner=prov1\t*\t*\t*\n",
+        );
+    }
+    standins(d);
+    let path = |p: PathBuf| p.display().to_string();
+    let mut daemons = Vec::new();
+    for (node, facts) in [
+        ("sec-m", "ipaddress: 127.0.0.41\n"),
+        ("sec1", "ipaddress: 10.4.0.1\n"),
+        ("sec2", "ipaddress: 10.4.0.2\n"),
+    ] {
+        let extra = if node == "sec-m" {
+            master("127.0.0.41", d)
+        } else {
+            let text = new_node(node, d);
+            if node == "sec2" {
+                std::fs::write(d.join(node).join("slow-bootstrap"), "3").unwrap();
+            }
+            text
+        };
+        let facts_file = write(d, &format!("{node}.facts.yaml"), facts);
+        let config = write(
+            d,
+            &format!("{node}.toml"),
+            &format!(
+                "registration_interval = \"1s\"\n[security]\nissuers = [{issuer:?}]\nkey = {key:?}\ncredential = {cred:?}\n\
+                 policies = {policies:?}\ntls_ca = {ca:?}\n{extra}",
+                issuer = path(keys_dir.join("issuer.pub")),
+                key = path(keys_dir.join(format!("node.{node}.seed"))),
+                cred = path(keys_dir.join(format!("node.{node}.cred"))),
+                policies = path(policies.clone()),
+                ca = path(keys_dir.join("ca.pem")),
+            ),
+        );
+        let mut command = cohort();
+        command
+            .args(["daemon", "--identity", node, "--broker", &url, "--facts"])
+            .arg(facts_file)
+            .arg("--config")
+            .arg(config)
+            .env("COHORT_LOG", "info");
+        daemons.push(Daemon::spawn(command));
+    }
+    let client = |name: &str, role: &str| {
+        write(
+            d,
+            &format!("{name}.client.toml"),
+            &format!(
+                "brokers = [{url:?}]\nkey = \"keys/{role}.{name}.seed\"\ncredential = \"keys/{role}.{name}.cred\"\n\
+                 issuers = [\"keys/issuer.pub\"]\ntls_ca = \"keys/ca.pem\"\ndiscovery_timeout = 2\n\
+                 discovery_history = \"{name}.discovery.json\"\n"
+            ),
+        )
+    };
+    let prov_client = client("prov1", "provisioner");
+    let alice = client("alice", "client");
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let ports = receivers(inbox);
+    let config = provisioner_config(d, "secure", ports, "");
+    let mut command = cohort();
+    command
+        .args(["provision", "run", "--provision-config"])
+        .arg(&config)
+        .arg("-c")
+        .arg(&prov_client)
+        .env("COHORT_LOG", "info");
+    let provisioner = Daemon::spawn(command);
+    let status = |config: &Path| -> BTreeMap<String, Value> {
+        let output = cohort()
+            .args(["provision", "status", "-j", "--provision-config"])
+            .arg(config)
+            .arg("-c")
+            .arg(&prov_client)
+            .output()
+            .unwrap();
+        let nodes: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        nodes.into_iter().map(|n| (n["node"].as_str().unwrap_or("").to_owned(), n)).collect()
+    };
+    // sec2's bootstrap run is in flight when the broker restarts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.join("sec2/started-bootstrap").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "sec2 never reached bootstrap: {}",
+            provisioner.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.signal("TERM");
+    assert!(broker.wait_exit(Duration::from_secs(10)).is_some());
+    broker = secure_broker(&keys_dir, addr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let now = status(&config);
+        if ["sec1", "sec2"].iter().all(|n| now.get(*n).is_some_and(|p| p["state"] == "done")) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "not done: {now:#?}\n{}", provisioner.stderr_text());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let signed = lines_of(&d.join("signed.log"));
+    for node in ["sec1", "sec2"] {
+        assert_eq!(count(&signed, &format!("{node} ")), 1, "{node} signed once: {signed:?}");
+        assert_eq!(done[node]["master"], "sec-m");
+    }
+    // An ordinary client credential is refused by the policy: it cannot lock a node.
+    let refused = cohort()
+        .args(["rpc", "provision", "lock", "owner=alice", "ttl=60", "-I", "sec1", "-j", "-c"])
+        .arg(&alice)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(!text.contains("\"statuscode\":0"), "alice must not lock: {text}");
+    drop(broker);
+}
