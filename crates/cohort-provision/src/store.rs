@@ -11,6 +11,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use crate::progress::Progress;
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,28 @@ impl Store {
             work(&mut table).map_err(|e| self.failed(e))?;
         }
         tx.commit().map_err(|e| self.failed(e))
+    }
+
+    /// The provisioner's name for node leases: made by `make` the first time and kept in the
+    /// store, so a restarted provisioner still owns the locks it took (a new name would find
+    /// its own nodes "locked by another").
+    pub fn owner(&self, make: impl FnOnce() -> String) -> Result<String, StoreError> {
+        {
+            let tx = self.db.begin_read().map_err(|e| self.failed(e))?;
+            if let Ok(table) = tx.open_table(META)
+                && let Some(owner) = table.get("owner").map_err(|e| self.failed(e))?
+            {
+                return Ok(owner.value().to_owned());
+            }
+        }
+        let owner = make();
+        let tx = self.db.begin_write().map_err(|e| self.failed(e))?;
+        {
+            let mut table = tx.open_table(META).map_err(|e| self.failed(e))?;
+            table.insert("owner", owner.as_str()).map_err(|e| self.failed(e))?;
+        }
+        tx.commit().map_err(|e| self.failed(e))?;
+        Ok(owner)
     }
 
     /// Saves a node's progress (durably, before returning).
@@ -132,6 +155,7 @@ mod tests {
             p.signed = true;
             store.put(&p).unwrap();
             store.put(&Progress::new("n0", 6)).unwrap();
+            assert_eq!(store.owner(|| "first".into()).unwrap(), "first");
             assert!(Store::open(&path).is_err(), "one process at a time");
         }
         let store = Store::open(&path).unwrap();
@@ -139,6 +163,7 @@ mod tests {
         assert_eq!(all.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), ["n0", "n1"]);
         let n1 = store.get("n1").unwrap().unwrap();
         assert_eq!((n1.step, n1.signed, n1.state), (3, true, State::Queued));
+        assert_eq!(store.owner(|| "again".into()).unwrap(), "first", "kept across reopening");
         assert!(store.remove("n1").unwrap());
         assert!(!store.remove("n1").unwrap());
         assert_eq!(store.get("n1").unwrap(), None);

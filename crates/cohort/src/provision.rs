@@ -302,11 +302,15 @@ async fn serve(
         let metrics = metrics.clone();
         crate::schedule::serve_metrics(address, move || metrics.prometheus_text()).await?;
     }
-    let owner = format!(
-        "{}-{}",
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    );
+    let owner = store.owner(|| {
+        format!(
+            "{}-{:08x}",
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rand::random::<u32>()
+        )
+    })?;
     let subject = cohort_proto::registration_subject(session.collective());
     let mut registrations = session
         .nats()

@@ -518,6 +518,8 @@ fn failures_restarts_and_rival_provisioners() {
     assert_eq!(done["k1"]["state"], "done", "{:#?}\n{}", done["k1"], again.stderr_text());
     let signed = lines_of(&dir.join("signed.log"));
     assert_eq!(count(&signed, "k1 "), 1, "resumed without signing again: {signed:?}");
+    // The restarted provisioner is the same lease holder (its name is kept in the store).
+    assert!(!again.stderr_text().contains("k1: left alone"), "{}", again.stderr_text());
     assert!(again.stderr_text().contains("k1: bootstrap_puppet ok"), "{}", again.stderr_text());
 
     // f1's runs fail: two attempts, then failed, unlocked and notified.
