@@ -608,6 +608,7 @@ fn failures_restarts_and_rival_provisioners() {
 /// server it started is stopped (its process group, by the PID it spawned) at the end.
 struct PuppetServer {
     started: Option<std::process::Child>,
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl PuppetServer {
@@ -619,21 +620,24 @@ impl PuppetServer {
         .is_ok()
     }
 
+    /// JRuby starts in 50 s on an idle machine and took over four minutes on a loaded 2-core
+    /// CI machine, so the wait is long; it ends early, with the server's own log, if the
+    /// server exits.
     fn ensure(ca_config: &Path) -> PuppetServer {
-        let started = if Self::listening() {
-            None
-        } else {
+        let mut server = PuppetServer { started: None, log: None };
+        if !Self::listening() {
+            let log = tempfile::NamedTempFile::new().unwrap();
             let child = std::process::Command::new("puppetserver")
                 .arg("foreground")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdout(log.reopen().unwrap())
+                .stderr(log.reopen().unwrap())
                 .process_group(0)
                 .spawn()
                 .expect("puppetserver starts");
-            Some(child)
-        };
-        let server = PuppetServer { started };
-        let deadline = Instant::now() + Duration::from_secs(240);
+            server.started = Some(child);
+            server.log = Some(log);
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let list = std::process::Command::new("puppetserver")
                 .args(["ca", "list", "--all", "--format", "json", "--config"])
@@ -643,14 +647,25 @@ impl PuppetServer {
             if list.status.success() {
                 break;
             }
+            let exited = server.started.as_mut().and_then(|c| c.try_wait().unwrap());
             assert!(
-                Instant::now() < deadline,
-                "puppetserver did not come up: {}",
-                String::from_utf8_lossy(&list.stderr)
+                exited.is_none() && Instant::now() < deadline,
+                "puppetserver did not come up (exit: {exited:?}): {}\nits log ends:\n{}",
+                String::from_utf8_lossy(&list.stderr),
+                server.log_tail()
             );
             std::thread::sleep(Duration::from_secs(2));
         }
         server
+    }
+
+    fn log_tail(&self) -> String {
+        let Some(log) = &self.log else {
+            return "(a server the test did not start)".to_owned();
+        };
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
 
