@@ -373,8 +373,24 @@ impl ProvisionConfig {
             ));
         }
         for (index, target) in self.notify.targets.iter().enumerate() {
-            Recipient::parse(target)
+            let recipient = Recipient::parse(target)
                 .map_err(|err| invalid(format!("notify.targets[{index}]"), err.to_string()))?;
+            // Sent directly (no notifier agent), an xmpp: target needs our own account.
+            let direct = self.notify.agent.is_none();
+            if direct && matches!(recipient, Recipient::Xmpp(_)) {
+                if self.notify.xmpp.jid.is_none() {
+                    return Err(invalid(
+                        "notify.xmpp.jid",
+                        format!("{target:?} is sent directly and needs the sending account"),
+                    ));
+                }
+                if self.notify.xmpp.password_file.is_none() {
+                    return Err(invalid(
+                        "notify.xmpp.password_file",
+                        format!("{target:?} is sent directly and needs the account's password"),
+                    ));
+                }
+            }
         }
         if self.steps.contains(&Step::Notify) && self.notify.targets.is_empty() {
             return Err(invalid("notify.targets", "the notify step needs at least one target"));
@@ -417,6 +433,14 @@ mod tests {
             ),
             ("steps = [\"notify\"]\n", "notify.targets: the notify step needs at least one target"),
             ("steps = []\n[notify]\ntargets = [\"gopher://x\"]\n", "notify.targets[0]: "),
+            (
+                "[notify]\ntargets = [\"xmpp:ops@example.com\"]\n",
+                "notify.xmpp.jid: \"xmpp:ops@example.com\" is sent directly",
+            ),
+            (
+                "[notify]\ntargets = [\"xmpp:ops@example.com\"]\n[notify.xmpp]\njid = \"c@example.com\"\n",
+                "notify.xmpp.password_file: ",
+            ),
             ("steps = []\n[master]\nfilter = { fact = [\"=x\"] }\n", "master.filter: "),
             (
                 "steps = []\n[custom.notify]\nagent = \"a\"\naction = \"b\"\n",

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cohort_proto::Filter;
+use cohort_proto::{Filter, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,12 +33,19 @@ pub struct Found {
 /// One node's answer to an action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    /// Status 0.
-    pub ok: bool,
+    /// The reply's status.
+    pub status: StatusCode,
     /// The status message.
     pub message: String,
     /// Outputs.
     pub data: Map<String, Value>,
+}
+
+impl Answer {
+    /// Whether the action succeeded (status 0).
+    pub fn ok(&self) -> bool {
+        self.status == StatusCode::Ok
+    }
 }
 
 /// What the provisioner needs from the bus.
@@ -187,11 +194,6 @@ impl<F: Fleet> Driver<F> {
         let identity =
             provisionable_announcement(payload, &self.config.target.agent, &self.filters.target)?;
         (!self.nodes().contains_key(&identity)).then_some(identity)
-    }
-
-    /// The senders, to adjust webhook retries.
-    pub fn senders_mut(&mut self) -> &mut Senders {
-        &mut self.senders
     }
 
     fn nodes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Progress>> {
@@ -481,15 +483,15 @@ impl<F: Fleet> Driver<F> {
             .call(node, "provision", "lock", data(json!({"owner": self.owner, "ttl": ttl})))
             .await
             .map_err(|err| failed(format!("lock: {err}")))?;
-        if answer.ok {
+        if answer.ok() {
             return Ok(());
         }
         if answer.data.get("locked").and_then(Value::as_bool) == Some(true) {
             return Err(StepError::Lost(answer.message));
         }
         // Disabled, or its provision agent already deactivated: someone finished it.
-        if answer.message.contains("disabled") || answer.message.starts_with("no agent 'provision'")
-        {
+        let disabled = answer.data.get("disabled").and_then(Value::as_bool) == Some(true);
+        if disabled || answer.status == StatusCode::UnknownAction {
             return Err(StepError::Gone(format!("no longer provisionable: {}", answer.message)));
         }
         Err(failed(format!("lock: {}", answer.message)))
@@ -645,7 +647,7 @@ impl<F: Fleet> Driver<F> {
             .call(node, "provision", action, input)
             .await
             .map_err(|err| failed(format!("{action}: {err}")))?;
-        if answer.ok { Ok(answer) } else { Err(failed(answer.message)) }
+        if answer.ok() { Ok(answer) } else { Err(failed(answer.message)) }
     }
 
     async fn has_certificate(&self, progress: &mut Progress) -> Result<bool, StepError> {
@@ -699,7 +701,7 @@ impl<F: Fleet> Driver<F> {
                         )
                         .await
                         .map_err(|err| failed(format!("clean on {}: {err}", m.identity)))?;
-                    if answer.ok {
+                    if answer.ok() {
                         cleaned.push(m.identity.clone());
                     } else if !answer.message.starts_with("Could not find any certs") {
                         return Err(failed(format!("clean on {}: {}", m.identity, answer.message)));
@@ -773,7 +775,7 @@ impl<F: Fleet> Driver<F> {
                     self.fleet.call(&target, &custom.agent, &custom.action, inputs).await.map_err(
                         |err| failed(format!("{}#{}: {err}", custom.agent, custom.action)),
                     )?;
-                if answer.ok {
+                if answer.ok() {
                     Ok((
                         Outcome::Ok,
                         format!(
@@ -838,7 +840,7 @@ impl<F: Fleet> Driver<F> {
             .call(&holder, agent, "sign", data(json!({"certname": certname})))
             .await
             .map_err(|err| failed(format!("sign on {holder}: {err}")))?;
-        if !answer.ok {
+        if !answer.ok() {
             return Err(failed(format!("sign on {holder}: {}", answer.message)));
         }
         progress.signed = true;
@@ -873,7 +875,7 @@ impl<F: Fleet> Driver<F> {
                     .fleet
                     .call(node, agent, "sendmsg", data(json!({"recipient": target, "subject": message.subject, "message": message.message})))
                     .await
-                    .and_then(|a| if a.ok { Ok(format!("{target} via {node}")) } else { Err(format!("{node}: {}", a.message)) }),
+                    .and_then(|a| if a.ok() { Ok(format!("{target} via {node}")) } else { Err(format!("{node}: {}", a.message)) }),
                 None => match Recipient::parse(target) {
                     Ok(recipient) => self.senders.send(&recipient, message).await,
                     Err(err) => Err(err.to_string()),

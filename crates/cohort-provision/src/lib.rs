@@ -27,6 +27,8 @@ pub mod notify;
 pub mod progress;
 pub mod puppetca;
 pub mod store;
+#[cfg(feature = "xmpp")]
+mod xmpp;
 
 pub use config::{ProvisionConfig, Step};
 pub use progress::{Progress, State};

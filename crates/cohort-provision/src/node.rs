@@ -53,27 +53,15 @@ pub struct PuppetCommand {
 
 impl PuppetCommand {
     fn program(&self) -> Result<PathBuf, String> {
-        let found = match &self.command {
-            Some(path) => Some(path.clone()),
-            None => ["/opt/puppetlabs/bin/puppet", "/usr/bin/puppet"]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file()),
-        };
-        found
+        cohort_puppet::host::find_puppet(self.command.as_deref())
             .filter(|p| p.is_file())
             .ok_or_else(|| "Puppet is not installed on this node ([puppet] command)".to_owned())
     }
 
     fn command(&self, args: &[&str]) -> Result<tokio::process::Command, String> {
         let mut command = tokio::process::Command::new(self.program()?);
-        command
-            .args(args)
-            .args(&self.extra_args)
-            .env_clear()
-            .env("PATH", "/opt/puppetlabs/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .env("LANG", "C.UTF-8");
+        cohort_puppet::host::clean_env(&mut command);
+        command.args(args).args(&self.extra_args);
         Ok(command)
     }
 }
@@ -207,7 +195,11 @@ impl ProvisionNode {
         now_ms: i64,
     ) -> Result<Map<String, Value>, Refused> {
         if is_disabled(&self.settings) {
-            return Err(refused("provisioning is disabled on this node"));
+            // The mark tells the provisioner the node is finished, not merely refusing.
+            return Err(Refused {
+                message: "provisioning is disabled on this node".to_owned(),
+                data: object(json!({"disabled": true})),
+            });
         }
         let ttl = ttl.min(self.settings.max_lock);
         self.ensure_state_dir()?;

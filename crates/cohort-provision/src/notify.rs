@@ -1,8 +1,9 @@
 //! Telling people: recipient URIs and the built-in senders. `mailto:` goes out over SMTP
 //! (STARTTLS by default, optional login), `https://` and `http://` are webhooks (a JSON POST,
 //! retried on connection errors and 5xx), `exec:` runs a local program with the subject and
-//! the message as its two arguments (never through a shell), `xmpp:` is recognised and needs
-//! an XMPP-enabled build. The provisioner sends directly, or through the one node that runs a
+//! the message as its two arguments (never through a shell), `xmpp:` is a chat message from
+//! the `[notify.xmpp]` account (STARTTLS and login required; the `xmpp` cargo feature, on by
+//! default). The provisioner sends directly, or through the one node that runs a
 //! notifier agent (`sendmsg`, the `notify` DDL), which uses these same senders.
 
 use std::path::PathBuf;
@@ -146,13 +147,33 @@ impl Default for SmtpConfig {
 }
 
 /// `[notify.xmpp]`: the account messages are sent from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct XmppConfig {
-    /// The sending JID.
+    /// The sending JID (`user@domain`).
     pub jid: Option<String>,
     /// File holding its password.
     pub password_file: Option<PathBuf>,
+    /// Where the server listens (`IP:PORT`, `HOST` or `HOST:PORT`); default: the domain's
+    /// `_xmpp-client._tcp` SRV record, else the domain on port 5222.
+    pub server: Option<String>,
+    /// PEM certificates trusted besides the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// How long one message may take, connection and login included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for XmppConfig {
+    fn default() -> XmppConfig {
+        XmppConfig {
+            jid: None,
+            password_file: None,
+            server: None,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Something to say.
@@ -168,6 +189,7 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct Senders {
     smtp: SmtpConfig,
+    #[cfg_attr(not(feature = "xmpp"), allow(dead_code))]
     xmpp: XmppConfig,
     http: reqwest::Client,
     /// Webhook attempts.
@@ -176,7 +198,7 @@ pub struct Senders {
     pub webhook_backoff: Duration,
 }
 
-fn read_secret(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read_secret(path: &std::path::Path) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
         .map_err(|err| format!("cannot read {}: {err}", path.display()))
@@ -201,12 +223,12 @@ impl Senders {
             Recipient::Mail(to) => self.mail(to, message).await,
             Recipient::Webhook(url) => self.webhook(url, message).await,
             Recipient::Exec(program) => exec(program, message).await,
-            Recipient::Xmpp(jid) => {
-                let _ = (&self.xmpp.jid, &self.xmpp.password_file);
-                Err(format!(
-                    "cannot send to xmpp:{jid}: this build of Cohort has no XMPP sender; use a notifier agent, mailto:, a webhook or exec:"
-                ))
-            }
+            #[cfg(feature = "xmpp")]
+            Recipient::Xmpp(jid) => crate::xmpp::send(&self.xmpp, jid, message).await,
+            #[cfg(not(feature = "xmpp"))]
+            Recipient::Xmpp(jid) => Err(format!(
+                "cannot send to xmpp:{jid}: this build of Cohort was made without the xmpp feature; use a notifier agent, mailto:, a webhook or exec:"
+            )),
         }
     }
 

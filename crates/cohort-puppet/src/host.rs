@@ -135,7 +135,20 @@ fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-fn clean_env(command: &mut tokio::process::Command) {
+/// The `puppet` executable: `configured`, else the first of the AIO and Debian paths that
+/// exists.
+pub fn find_puppet(configured: Option<&Path>) -> Option<PathBuf> {
+    match configured {
+        Some(path) => Some(path.to_owned()),
+        None => ["/opt/puppetlabs/bin/puppet", "/usr/bin/puppet"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file()),
+    }
+}
+
+/// Puppet's environment: nothing inherited from the daemon but `HOME`, a fixed `PATH`, UTF-8.
+pub fn clean_env(command: &mut tokio::process::Command) {
     command
         .env_clear()
         .env("PATH", "/opt/puppetlabs/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -163,13 +176,7 @@ impl PuppetConfig {
 impl PuppetAgent {
     /// The agent as `config` describes it.
     pub fn new(config: PuppetConfig) -> PuppetAgent {
-        let command = match &config.command {
-            Some(path) => Some(path.clone()),
-            None => ["/opt/puppetlabs/bin/puppet", "/usr/bin/puppet"]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file()),
-        };
+        let command = find_puppet(config.command.as_deref());
         PuppetAgent { config, command, paths: OnceCell::new() }
     }
 

@@ -264,11 +264,7 @@ impl Fleet for Bus {
         };
         let reply =
             result.replies.into_iter().next().ok_or_else(|| format!("no reply from {node}"))?.reply;
-        Ok(Answer {
-            ok: reply.status == StatusCode::Ok,
-            message: reply.status_message,
-            data: reply.data,
-        })
+        Ok(Answer { status: reply.status, message: reply.status_message, data: reply.data })
     }
 }
 

@@ -20,3 +20,4 @@ mod schedule;
 mod security;
 mod stress;
 mod tidy;
+mod xmpp;
