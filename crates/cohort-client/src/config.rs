@@ -5,7 +5,7 @@
 //! The file: the path given, else `$COHORT_CONFIG`, else `~/.config/cohort/client.toml`, else
 //! `/etc/cohort/client.toml` (the first that exists). Keys: `brokers`, `collective`,
 //! `discovery_timeout`, `discovery_window` (formerly `discovery_quiet`), `discovery_history`
-//! (a path, or `false`), `timeout`, `ttl`, `agents_dir`, `connect_timeout`, and the security
+//! (a path, or `false`), `timeout`, `ttl`, `max_ttl`, `agents_dir`, `connect_timeout`, and the security
 //! keys `key`, `credential`, `issuers`, `revocations`, `tls_ca`. Relative paths are relative to
 //! the file. Unknown keys are an error.
 
@@ -75,6 +75,7 @@ struct ClientFile {
     discovery_history: Option<HistorySetting>,
     timeout: Option<f64>,
     ttl: Option<u32>,
+    max_ttl: Option<u32>,
     agents_dir: Option<PathBuf>,
     connect_timeout: Option<f64>,
     key: Option<PathBuf>,
@@ -141,6 +142,19 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
         key,
         expected: "a positive number of seconds",
         value: value.to_string(),
+    })
+}
+
+/// The request TTL, at least 1 s and at most `max_ttl` (nodes refuse longer; default 300 s).
+fn ttl(ttl: u32, max_ttl: Option<u32>) -> Result<u32, ConfigError> {
+    let max = max_ttl.unwrap_or(cohort_proto::DEFAULT_MAX_TTL_SECS);
+    if (1..=max).contains(&ttl) {
+        return Ok(ttl);
+    }
+    Err(ConfigError::Value {
+        key: "--ttl",
+        expected: "between 1 and max_ttl seconds (nodes refuse longer TTLs; default 300)",
+        value: ttl.to_string(),
     })
 }
 
@@ -278,7 +292,7 @@ impl ClientConfig {
             discovery_window,
             history,
             timeout,
-            ttl: overrides.ttl.or(file.ttl).unwrap_or(60),
+            ttl: ttl(overrides.ttl.or(file.ttl).unwrap_or(60), file.max_ttl)?,
             agents_dir: file.agents_dir,
             connect_timeout: seconds("connect_timeout", file.connect_timeout.unwrap_or(5.0))?,
             security,
@@ -380,5 +394,10 @@ mod tests {
         assert!(err.contains("client.toml") && err.contains("brokerz"), "{err}");
         let (_dir, path) = write("key = \"k\"\n");
         assert!(matches!(ClientConfig::from_file(&path), Err(ConfigError::HalfCredential)));
+        let (_dir, path) = write("ttl = 301\n");
+        let err = ClientConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.starts_with("--ttl must be between 1 and max_ttl seconds"), "{err}");
+        let (_dir, path) = write("ttl = 3600\nmax_ttl = 3600\n");
+        assert_eq!(ClientConfig::from_file(&path).unwrap().ttl, 3600);
     }
 }

@@ -161,7 +161,8 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
         config_file,
         config_items(&config, &identity),
         config.clock_skew,
-    );
+    )
+    .with_max_ttl(config.max_ttl);
     if let Some(security) = security {
         state = state.with_security(security);
     }

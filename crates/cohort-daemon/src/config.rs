@@ -37,6 +37,9 @@ pub struct Config {
     /// How far a request's time may be ahead of the node's clock.
     #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
+    /// The longest TTL a request may carry; longer ones are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
     /// How long shutdown waits for running actions.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -145,6 +148,7 @@ impl Default for Config {
             facts_refresh: Duration::from_secs(1),
             max_agent_output: 1024 * 1024,
             clock_skew: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(u64::from(cohort_proto::DEFAULT_MAX_TTL_SECS)),
             shutdown_grace: Duration::from_secs(10),
             nrpe_config: Vec::new(),
             nrpe_timeout: Duration::from_secs(60),
@@ -222,6 +226,9 @@ impl Config {
         for value in security.policy_defaults.values() {
             parse_decision("security.policy_defaults", value)?;
         }
+        if self.max_ttl < Duration::from_secs(1) || self.max_ttl > Duration::from_secs(86_400) {
+            return invalid("max_ttl", "must be between 1s and 1d");
+        }
         if security.replay_cache_size == 0 {
             return invalid("security.replay_cache_size", "must be at least 1");
         }
@@ -291,5 +298,11 @@ mod tests {
         assert!(err.contains("security.policy_default") && err.contains("maybe"), "{err}");
         let err = Config::from_toml("[security]\nissuer = \"x\"").unwrap_err().to_string();
         assert!(err.contains("issuer"), "{err}");
+        let err = Config::from_toml("max_ttl = \"10y\"\n[security]\ninsecure = true")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "max_ttl: must be between 1s and 1d");
     }
 }

@@ -42,6 +42,7 @@ pub struct NodeState {
     config_file: Option<PathBuf>,
     config_items: Arc<Map<String, Value>>,
     clock_skew: Duration,
+    max_ttl_secs: u32,
     security: Option<Arc<NodeSecurity>>,
     audit: Option<Arc<AuditLog>>,
 }
@@ -104,9 +105,16 @@ impl NodeState {
             config_file,
             config_items: Arc::new(config_items),
             clock_skew,
+            max_ttl_secs: cohort_proto::DEFAULT_MAX_TTL_SECS,
             security: None,
             audit: None,
         }
+    }
+
+    /// Refuses requests whose TTL is longer than `max_ttl` (default 300 s).
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> NodeState {
+        self.max_ttl_secs = u32::try_from(max_ttl.as_secs()).unwrap_or(u32::MAX).max(1);
+        self
     }
 
     /// Turns security on: requests must be signed and authorized, replies are signed.
@@ -254,6 +262,17 @@ impl NodeState {
         };
         let age_ms = now_ms(now) - request.time;
         let skew_ms = i64::try_from(self.clock_skew.as_millis()).unwrap_or(i64::MAX);
+        // A long TTL is a long replay window and a long stay in the replay cache.
+        if request.ttl > self.max_ttl_secs {
+            Stats::bump(&self.stats.ttl_expired);
+            let reason = format!(
+                "TTL of {} s is longer than this node accepts (max_ttl {} s)",
+                request.ttl, self.max_ttl_secs
+            );
+            tracing::info!(node = %self.identity, request = %request.id, "ignoring it: {reason}");
+            self.refuse(Some(&request), verified, &reason, now);
+            return Handled::Ignored("expired");
+        }
         if age_ms > i64::from(request.ttl) * 1000 || -age_ms > skew_ms {
             Stats::bump(&self.stats.ttl_expired);
             let reason = format!(
@@ -266,7 +285,9 @@ impl NodeState {
         }
         if let Some(security) = &self.security {
             let expires = request.time + i64::from(request.ttl) * 1000 + skew_ms;
-            if let Err(err) = security.admit(request.id.as_str(), expires, now_ms(now)) {
+            let admitted =
+                security.admit(request.id.as_str(), &request.caller, expires, now_ms(now));
+            if let Err(err) = admitted {
                 Stats::bump(&self.stats.replayed);
                 tracing::warn!(node = %self.identity, caller = %request.caller, "refusing: {err}");
                 self.refuse(Some(&request), verified, &err.to_string(), now);

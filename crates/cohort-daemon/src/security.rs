@@ -56,7 +56,14 @@ impl NodeSecurity {
     }
 
     /// Admits a request id once within its window; see [`ReplayCache::admit`].
-    pub fn admit(&self, id: &str, expires_ms: i64, now_ms: i64) -> Result<(), ReplayError> {
-        self.replay.lock().unwrap_or_else(PoisonError::into_inner).admit(id, expires_ms, now_ms)
+    pub fn admit(
+        &self,
+        id: &str,
+        caller: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), ReplayError> {
+        let mut replay = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        replay.admit(id, caller, expires_ms, now_ms)
     }
 }

@@ -16,6 +16,10 @@ pub const VERSION: u32 = 1;
 /// The pseudo-agent every node answers for discovery.
 pub const DISCOVERY_AGENT: &str = "discovery";
 
+/// The longest TTL, in seconds, nodes accept and the client sends by default (`max_ttl`): a
+/// request can be replayed only within its TTL, and every live id costs the node memory.
+pub const DEFAULT_MAX_TTL_SECS: u32 = 300;
+
 /// A request from a caller to the nodes that match its filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

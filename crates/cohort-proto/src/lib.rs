@@ -13,8 +13,8 @@ pub mod rpcutil;
 mod subjects;
 
 pub use envelope::{
-    DISCOVERY_AGENT, PROTOCOL, Registration, Reply, Request, RpcBody, StatusCode, VERSION,
-    WireError, now_ms,
+    DEFAULT_MAX_TTL_SECS, DISCOVERY_AGENT, PROTOCOL, Registration, Reply, Request, RpcBody,
+    StatusCode, VERSION, WireError, now_ms,
 };
 pub use filter::{Expr, FactFilter, FactOp, Filter};
 pub use ids::{AgentName, Collective, IdError, Identity, RequestId};

@@ -458,7 +458,8 @@ pub(crate) fn plugin(args: PluginArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         if let Some(dir) = dir
             && let Ok(entries) = std::fs::read_dir(dir)
         {
-            names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+            let agents = entries.flatten().filter_map(|e| e.file_name().into_string().ok());
+            names.extend(agents.filter(|name| cohort_proto::AgentName::new(name.as_str()).is_ok()));
         }
         writeln!(io.out, "Agents:\n")?;
         for name in names {

@@ -80,7 +80,7 @@ pub(crate) fn role_users(dir: &Path) -> anyhow::Result<Vec<(String, User)>> {
         let claims = match trust.verify(&credential, now) {
             Ok(verified) => verified.claims.clone(),
             Err(err) => {
-                eprintln!("warning: {}: {err}; not admitted to the broker", path.display());
+                tracing::warn!("{}: {err}; not admitted to the broker", path.display());
                 continue;
             }
         };

@@ -20,6 +20,7 @@ mod resource;
 mod rpc;
 mod schedule;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -210,7 +211,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("cohort: error: {err:#}");
+            // Not eprintln!: it panics when stderr cannot be written (a full disk).
+            let _ = writeln!(std::io::stderr(), "cohort: error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -225,6 +227,9 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
 }
 
 /// Logs go to stderr, filtered by `COHORT_LOG` (default `info` for daemons, `warn` otherwise).
+/// A log line that cannot be written (stderr on a full disk, a closed pipe) is dropped: the
+/// subscriber's own report of the failure would go to the same stderr through `eprintln!`,
+/// which panics, and a daemon must not die of its log.
 fn init_logging() {
     let daemon = |c: &str| matches!(c, "broker" | "daemon" | "provision");
     let default = if std::env::args().nth(1).is_some_and(|c| daemon(&c)) { "info" } else { "warn" };
@@ -233,6 +238,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none(),

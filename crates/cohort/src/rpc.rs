@@ -119,6 +119,10 @@ pub(crate) fn find_ddl(agent: &str, agents_dir: Option<&Path>) -> anyhow::Result
         return Ok(Some((*ddl).clone()));
     }
     let Some(dir) = agents_dir else { return Ok(None) };
+    // The name becomes a path: only an agent name may, never `../x` or `/etc/x`.
+    if cohort_proto::AgentName::new(agent).is_err() {
+        bail!("{agent:?} is not an agent name (lowercase letters, digits and '_')");
+    }
     let path = dir.join(agent).join(format!("{agent}.json"));
     if !path.is_file() {
         return Ok(None);

@@ -155,7 +155,7 @@ impl Secure {
                      [security]\n\
                      issuers = [{issuer:?}]\nkey = {key:?}\ncredential = {cred:?}\n\
                      revocations = {revoked:?}\npolicies = {policies:?}\naudit_log = {audit:?}\n\
-                     tls_ca = {ca:?}\n",
+                     tls_ca = {ca:?}\nreplay_cache_size = 1000\n",
                     issuer = secure.keys.join("issuer.pub").display().to_string(),
                     key = secure.keys.join(format!("node.{name}.seed")).display().to_string(),
                     cred = secure.cred("node", name),
@@ -508,6 +508,15 @@ async fn scenario(kind: BrokerKind) {
     publish(&bus, &req, seal(&alice, &req)).await;
     assert_refused(&fleet, &req, &path, "TTL of 60 s");
 
+    // A ten-year-old request whose TTL says it is still fresh (validly signed): refused for the
+    // TTL's length (issue 14, items 1 and 3: it ran, and held a replay-cache slot for ever).
+    let path = work.join("forever");
+    let mut req = request("client=alice", &path);
+    req.ttl = u32::MAX;
+    req.time -= 10 * 365 * 86_400_000;
+    publish(&bus, &req, seal(&alice, &req)).await;
+    assert_refused(&fleet, &req, &path, "TTL of 4294967295 s is longer than this node accepts");
+
     // Replays: the same bytes re-published, and a new message reusing an id.
     let path = work.join("replayed");
     let req = request("client=alice", &path);
@@ -646,6 +655,29 @@ async fn scenario(kind: BrokerKind) {
         "{rotated:?}"
     );
 
+    // A caller floods the replay cache (1000 ids): it fills only its own share
+    // (100) and only its own requests are refused; alice's still run (issue 14, item 1: a full
+    // cache refused everyone until the daemons restarted).
+    let bob = fleet.signer("client", "bob");
+    let flood: Vec<Request> =
+        (0..1001).map(|i| request("client=bob", &work.join("flood").join(i.to_string()))).collect();
+    for req in &flood {
+        publish(&bus, req, seal(&bob, req)).await;
+    }
+    let last = flood.last().unwrap();
+    let refused = fleet.audited(last.id.as_str(), NODES.len());
+    for record in &refused {
+        let reason = record["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("its share of the replay cache"), "{record}");
+    }
+    let path = work.join("after-flood");
+    let req = request("client=alice", &path);
+    publish(&bus, &req, seal(&alice, &req)).await;
+    let ran = fleet.audited(req.id.as_str(), NODES.len());
+    assert!(ran.iter().all(|r| r["decision"] == "allow"), "{ran:?}");
+    assert!(path.exists(), "alice's request did not run after bob's flood");
+    std::fs::remove_file(&path).unwrap();
+
     // Revoking bob and reloading: nodes refuse him at once, though the broker (whose list is
     // fixed at start) still lets him connect.
     keys(&fleet.keys, &["revoke", "--credential", &fleet.cred("client", "bob")]);
@@ -765,4 +797,102 @@ fn keys_refuse_to_overwrite_and_need_an_issuer() {
         let mode = std::fs::metadata(keys_dir.join(seed)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{seed}");
     }
+}
+
+/// A full disk under stderr (`2>/dev/full`) kills neither the broker nor a daemon, even logging
+/// at debug: lines that cannot be written are dropped and the fleet still answers (issue 14,
+/// item 9: both exited 101, `failed printing to stderr`, before).
+#[test]
+fn an_unwritable_stderr_kills_neither_broker_nor_daemon() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let spawn = |mut command: std::process::Command| Daemon {
+        child: command
+            .env("COHORT_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(full())
+            .spawn()
+            .unwrap(),
+        stderr: tempfile::NamedTempFile::new().unwrap(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut broker_command = cohort();
+    broker_command.args(["broker", "--listen", &addr.to_string()]);
+    let mut broker = spawn(broker_command);
+    assert!(wait_for_listener(addr, Duration::from_secs(10)), "the broker listens");
+    let facts = write(dir.path(), "facts.yaml", "role: full\n");
+    let config = write(dir.path(), "daemon.toml", "registration_interval = \"1s\"\n");
+    let mut daemon_command = cohort();
+    daemon_command
+        .args([
+            "daemon",
+            "--insecure",
+            "--identity",
+            "full1",
+            "--broker",
+            &format!("nats://{addr}"),
+        ])
+        .arg("--facts")
+        .arg(&facts)
+        .arg("--config")
+        .arg(&config);
+    let mut daemon = spawn(daemon_command);
+    let client = write(
+        dir.path(),
+        "client.toml",
+        &format!("brokers = [\"nats://{addr}\"]\ndiscovery_timeout = 2\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = cohort().args(["ping", "-c"]).arg(&client).output().unwrap();
+        if String::from_utf8_lossy(&output.stdout).contains("full1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer from full1: {output:?}");
+        assert!(broker.child.try_wait().unwrap().is_none(), "the broker died");
+        assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon died");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Rejected connections and requests make the broker and the daemon log more.
+    for _ in 0..20 {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            use std::io::Write as _;
+            let _ = stream.write_all(b"GARBAGE\r\n");
+        }
+    }
+    let output = cohort().args(["rpc", "rpcutil", "ping", "-c"]).arg(&client).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("full1"), "{output:?}");
+    assert!(broker.child.try_wait().unwrap().is_none(), "the broker died");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon died");
+}
+
+/// `cohort plugin doc NAME` reads `agents_dir/NAME/NAME.json` only for an agent name: a name
+/// climbing out of `agents_dir` is refused with the reason, and a stray directory of that kind
+/// is left out of the listing (issue 14, item 11: `../x` read a DDL outside `agents_dir`).
+#[test]
+fn plugin_doc_reads_no_ddl_outside_the_agents_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(agents.join("a-b")).unwrap();
+    std::fs::create_dir_all(dir.path().join("x")).unwrap();
+    let ddl = std::fs::read_to_string(fixtures().join("agents/shell/shell.json"))
+        .unwrap()
+        .replace("\"name\": \"shell\"", "\"name\": \"x\"")
+        .replace("Test agent written in POSIX shell", "OUTSIDE THE AGENTS DIR");
+    std::fs::write(dir.path().join("x.json"), ddl).unwrap();
+    let config = write(
+        dir.path(),
+        "client.toml",
+        &format!("agents_dir = {:?}\n", agents.display().to_string()),
+    );
+    let output = cohort().args(["plugin", "doc", "../x", "-c"]).arg(&config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stdout.contains("OUTSIDE"), "read a DDL outside agents_dir: {stdout}");
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("\"../x\" is not an agent name"), "{stderr}");
+    let output = cohort().args(["plugin", "doc", "-c"]).arg(&config).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    assert!(listing.contains("rpcutil") && !listing.contains("a-b"), "{listing}");
 }
