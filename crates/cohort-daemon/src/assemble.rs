@@ -137,6 +137,11 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
             config: config.nrpe_config.clone(),
             timeout: config.nrpe_timeout,
             allow_arguments: config.nrpe_allow_arguments,
+            argument_rule: if config.nrpe_unsafe_arguments {
+                cohort_nagios::nrpe::ArgumentRule::NrpeMetachars
+            } else {
+                cohort_nagios::nrpe::ArgumentRule::Strict
+            },
         },
         resource: crate::resource::ResourceSettings {
             config: config.resource.clone(),

@@ -50,8 +50,12 @@ pub struct Config {
     /// How long one NRPE check may run.
     #[serde(with = "humantime_serde")]
     pub nrpe_timeout: Duration,
-    /// Whether NRPE command arguments (`$ARGn$`) are accepted (shell-safe values only).
+    /// Whether NRPE command arguments (`$ARGn$`) are accepted: letters, digits and
+    /// `. _ : , @ % + = / -` only (and `~:` for Nagios ranges).
     pub nrpe_allow_arguments: bool,
+    /// With `nrpe_allow_arguments`, NRPE's own looser rule instead (anything but its
+    /// `nasty_metachars`): values with spaces split, `*` globs, `#` comments out. Unsafe.
+    pub nrpe_unsafe_arguments: bool,
     /// Where to look for Puppet's state (`puppet_enabled` and friends), first found wins.
     pub puppet_state_dirs: Vec<PathBuf>,
     /// Signing, trust, authorization, audit and TLS.
@@ -153,6 +157,7 @@ impl Default for Config {
             nrpe_config: Vec::new(),
             nrpe_timeout: Duration::from_secs(60),
             nrpe_allow_arguments: false,
+            nrpe_unsafe_arguments: false,
             puppet_state_dirs: crate::facts::PUPPET_STATE_DIRS.iter().map(PathBuf::from).collect(),
             security: SecurityConfig::default(),
             resource: cohort_resource::policy::ResourceConfig::default(),

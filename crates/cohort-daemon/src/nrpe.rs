@@ -6,7 +6,9 @@
 //! Exit codes 0-3 are OK, WARNING, CRITICAL, UNKNOWN; anything else, a timeout, empty output or
 //! a missing plugin is UNKNOWN with a message saying why (NRPE's wording). Multi-line output is
 //! kept whole (the MCollective agent dropped all but the first line). Arguments (`$ARGn$`) are
-//! refused unless `nrpe_allow_arguments` is set, and then only free of shell metacharacters.
+//! refused unless `nrpe_allow_arguments` is set, and then limited to characters the shell
+//! neither splits, globs, comments out nor expands (NRPE's looser rule only when
+//! `nrpe_unsafe_arguments` says so).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub struct NrpeSettings {
     pub timeout: Duration,
     /// Whether `$ARGn$` arguments are accepted.
     pub allow_arguments: bool,
+    /// Which argument values are.
+    pub argument_rule: cohort_nagios::nrpe::ArgumentRule,
 }
 
 impl Default for NrpeSettings {
@@ -37,6 +41,7 @@ impl Default for NrpeSettings {
             config: Vec::new(),
             timeout: Duration::from_secs(60),
             allow_arguments: false,
+            argument_rule: cohort_nagios::nrpe::ArgumentRule::Strict,
         }
     }
 }
@@ -145,10 +150,11 @@ impl Nrpe {
                 "",
             );
         }
-        let command_line = match cohort_nagios::nrpe::substitute(template, &args) {
-            Ok(line) => line,
-            Err(err) => return reply(&name, State::Unknown, &format!("NRPE: {err}"), "", ""),
-        };
+        let command_line =
+            match cohort_nagios::nrpe::substitute(template, &args, self.settings.argument_rule) {
+                Ok(line) => line,
+                Err(err) => return reply(&name, State::Unknown, &format!("NRPE: {err}"), "", ""),
+            };
         let mut command = tokio::process::Command::new("/bin/sh");
         command
             .arg("-c")

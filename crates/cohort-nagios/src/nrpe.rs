@@ -144,9 +144,37 @@ fn read_dir(dir: &Path, depth: usize, out: &mut Commands) {
 const NASTY: &[char] =
     &['|', '`', '&', '>', '<', '\'', '"', '\\', '[', ']', '{', '}', ';', '\r', '\n', '$'];
 
+/// Which argument values are substituted into a command line run by `/bin/sh -c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArgumentRule {
+    /// Only ASCII letters, digits and `. _ : , @ % + = / -`, and `~` only as the start of a
+    /// Nagios range (`~:`): nothing the shell splits (spaces), globs (`* ? [`), comments out
+    /// (`#`), expands (`$`, `` ` ``, `~user`) or redirects.
+    #[default]
+    Strict,
+    /// NRPE's own rule: anything but its `nasty_metachars` (`|`, `` ` ``, `&`, `>`, `<`, `'`,
+    /// `"`, `\`, `[`, `]`, `{`, `}`, `;`, CR, LF) and `$`. Spaces still split a value into
+    /// several arguments, `*` and `?` still glob, `#` still comments out the rest, `~user`
+    /// still expands: only for configurations written for NRPE that rely on it.
+    NrpeMetachars,
+}
+
+fn strict_refusal(arg: &str) -> Option<char> {
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        let allowed = c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '_' | ':' | ',' | '@' | '%' | '+' | '=' | '/' | '-')
+            || (c == '~' && chars.peek() == Some(&':'));
+        if !allowed {
+            return Some(c);
+        }
+    }
+    None
+}
+
 /// Substitutes `$ARG1$`..`$ARG16$` with `args` and `$$` with `$`. Arguments must be non-empty
-/// and free of shell metacharacters.
-pub fn substitute(command: &str, args: &[String]) -> Result<String, String> {
+/// and allowed by `rule`.
+pub fn substitute(command: &str, args: &[String], rule: ArgumentRule) -> Result<String, String> {
     if args.len() > 16 {
         return Err("at most 16 arguments".to_owned());
     }
@@ -154,7 +182,11 @@ pub fn substitute(command: &str, args: &[String]) -> Result<String, String> {
         if arg.is_empty() {
             return Err("empty argument".to_owned());
         }
-        if let Some(bad) = arg.chars().find(|c| NASTY.contains(c)) {
+        let bad = match rule {
+            ArgumentRule::Strict => strict_refusal(arg),
+            ArgumentRule::NrpeMetachars => arg.chars().find(|c| NASTY.contains(c)),
+        };
+        if let Some(bad) = bad {
             return Err(format!("argument {arg:?} contains {bad:?}, which is not allowed"));
         }
     }
@@ -229,17 +261,52 @@ mod tests {
 
     #[test]
     fn arguments() {
+        let strict = |cmd: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            substitute(cmd, &args, ArgumentRule::Strict)
+        };
         assert_eq!(
-            substitute("check -w $ARG1$ -c $ARG2$ $$HOME", &["5".into(), "10".into()]).unwrap(),
+            strict("check -w $ARG1$ -c $ARG2$ $$HOME", &["5", "10"]).unwrap(),
             "check -w 5 -c 10 $HOME"
         );
-        assert_eq!(
-            substitute("x $ARG10$ $ARG1$", &(1..=10).map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap(),
-            "x 10 1"
-        );
-        assert!(substitute("x $ARG1$", &["a;rm -rf /".into()]).is_err());
-        assert!(substitute("x $ARG1$", &["$(id)".into()]).is_err());
-        assert!(substitute("x $ARG1$", &[String::new()]).is_err());
+        let ten: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
+        let ten: Vec<&str> = ten.iter().map(String::as_str).collect();
+        assert_eq!(strict("x $ARG10$ $ARG1$", &ten).unwrap(), "x 10 1");
+        // Nagios thresholds, ranges, paths, addresses and percentages pass.
+        for ok in [
+            "~:10",
+            "@10:20",
+            "10:",
+            "-5",
+            "80%",
+            "/var/log",
+            "db-1.example.com:5432",
+            "a=b,c+d",
+            "user@host",
+        ] {
+            assert!(strict("x $ARG1$", &[ok]).is_ok(), "{ok}");
+        }
+        // What the shell would split, glob, comment out or expand does not.
+        for (bad, char) in [
+            ("a;rm -rf /", ';'),
+            ("$(id)", '$'),
+            ("/etc/pass*", '*'),
+            ("5 -x /etc/shadow", ' '),
+            ("5 #", ' '),
+            ("5#", '#'),
+            ("~root", '~'),
+            ("?", '?'),
+            ("a\tb", '\t'),
+            ("é", 'é'),
+        ] {
+            let err = strict("x $ARG1$", &[bad]).unwrap_err();
+            assert_eq!(err, format!("argument {bad:?} contains {char:?}, which is not allowed"));
+        }
+        assert!(strict("x $ARG1$", &[""]).is_err());
+        // NRPE's own rule, only when asked for: spaces and globs pass, its metacharacters not.
+        let nrpe =
+            |arg: &str| substitute("x $ARG1$", &[arg.to_owned()], ArgumentRule::NrpeMetachars);
+        assert_eq!(nrpe("5 -x /etc/pass*").unwrap(), "x 5 -x /etc/pass*");
+        assert!(nrpe("a;b").is_err() && nrpe("$(id)").is_err());
     }
 }

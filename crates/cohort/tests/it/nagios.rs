@@ -133,7 +133,7 @@ impl Fleet {
                     config: vec![nrpe_config],
                     // Generous: 47 real plugins start at once on a loaded 2-core CI machine.
                     timeout: Duration::from_secs(5),
-                    allow_arguments: false,
+                    ..NrpeSettings::default()
                 },
                 ..AgentSettings::default()
             };

@@ -896,3 +896,61 @@ fn plugin_doc_reads_no_ddl_outside_the_agents_dir() {
     let listing = String::from_utf8_lossy(&output.stdout);
     assert!(listing.contains("rpcutil") && !listing.contains("a-b"), "{listing}");
 }
+
+/// `nrpe_allow_arguments` through a real daemon: values the shell would glob, split, comment out
+/// or expand are refused with the character named; Nagios thresholds pass; NRPE's looser rule
+/// only with `nrpe_unsafe_arguments` (issue 14, item 8: `/etc/pass*` expanded to
+/// `/etc/passwd /etc/passwd-`, `~root` to `/root`).
+#[test]
+fn nrpe_arguments_cannot_split_glob_comment_or_expand() {
+    let dir = tempfile::tempdir().unwrap();
+    let nrpe = write(dir.path(), "nrpe.cfg", "command[check_echo]=/bin/echo $ARG1$ end\n");
+    let nrpe = nrpe.display().to_string();
+    let spec = |name| crate::fleet::NodeSpec {
+        name,
+        fact_file: "facts.yaml",
+        facts: "role: nrpe\n",
+        classes: "",
+        collectives: &["cohort"],
+    };
+    let fleet = crate::fleet::Fleet::start_configured(
+        BrokerKind::Cohort,
+        &[spec("strict"), spec("unsafe")],
+        &|node, _| {
+            let unsafe_rule = if node == "unsafe" { "nrpe_unsafe_arguments = true\n" } else { "" };
+            format!("nrpe_config = [{nrpe:?}]\nnrpe_allow_arguments = true\n{unsafe_rule}")
+        },
+    );
+    let run = |node: &str, arg: &str| -> String {
+        let args = format!("args={}", json!([arg]));
+        let output = fleet.cli(&[
+            "rpc",
+            "nrpe",
+            "runcommand",
+            "command=check_echo",
+            &args,
+            "-I",
+            node,
+            "-j",
+        ]);
+        let doc: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        doc["replies"][0]["data"]["output"].as_str().unwrap_or_default().to_owned()
+    };
+    for ok in ["~:10", "@10:20", "80%", "/var/log"] {
+        assert_eq!(run("strict", ok), format!("{ok} end"), "{ok}");
+    }
+    for (bad, char) in [
+        ("/etc/pass*", "'*'"),
+        ("5 -x /etc/shadow", "' '"),
+        ("5 #", "' '"),
+        ("5#", "'#'"),
+        ("~root", "'~'"),
+    ] {
+        let said = run("strict", bad);
+        assert!(said.contains(&format!("contains {char}, which is not allowed")), "{bad}: {said}");
+    }
+    // NRPE's rule, asked for by name: the glob expands as it did in NRPE.
+    let said = run("unsafe", "/etc/pass*");
+    assert!(said.contains("/etc/passwd") && !said.contains('*'), "{said}");
+}
