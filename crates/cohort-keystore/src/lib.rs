@@ -243,13 +243,18 @@ impl KeyDir {
         self.dir.join("revoked.json")
     }
 
-    /// Creates the directory (0700) and a new issuer from `random`. Refuses to replace one.
-    pub fn init(&self, random: [u8; 32]) -> Result<PublicKey, KeystoreError> {
+    /// Creates the directory (0700), a new issuer from `random` and an empty revocation list
+    /// signed by it at `now`, so a configuration naming `revoked.json` works from the first
+    /// day. Refuses to replace an issuer.
+    pub fn init(&self, random: [u8; 32], now: i64) -> Result<PublicKey, KeystoreError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
         let issuer = SecretKey::generate(KeyKind::Issuer, random);
         write_secret_key(&self.dir.join("issuer.seed"), &issuer)?;
         write_new(&self.issuer_public_path(), &format!("{}\n", issuer.public()), 0o644)?;
+        let list = RevocationList::sign(&issuer, now, Vec::new());
+        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+        replace(&self.revocations_path(), &format!("{text}\n"), 0o644)?;
         Ok(issuer.public().clone())
     }
 

@@ -214,8 +214,8 @@ impl Secure {
     /// and every simulated node, each with its role's permissions.
     fn create(dir: &Path, nodes: u32) -> anyhow::Result<Secure> {
         let keys = KeyDir::new(dir.join("keys"));
-        keys.init(crate::keys::random_bytes())?;
         let now = cohort_proto::now_ms(std::time::SystemTime::now()) / 1000;
+        keys.init(crate::keys::random_bytes(), now)?;
         let client = keys.issue(
             "demo",
             Role::Client,

@@ -82,10 +82,10 @@ pub(crate) fn run(args: KeysArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCode> {
     let keys = KeyDir::new(&args.dir);
     match args.command {
         KeysCommand::Init => {
-            let public = keys.init(random_bytes())?;
+            let public = keys.init(random_bytes(), now())?;
             writeln!(
                 io.err,
-                "issuer created in {}; keep issuer.seed offline and safe",
+                "issuer and an empty revocation list created in {}; keep issuer.seed offline and safe",
                 args.dir.display()
             )?;
             writeln!(io.out, "{public}")?;

@@ -786,6 +786,18 @@ fn keys_refuse_to_overwrite_and_need_an_issuer() {
     };
     refused(&["issue", "--role", "node", "--name", "a"], "issuer.seed");
     keys(&keys_dir, &["init"]);
+    // The empty signed revocation list a daemon.toml may name from the start (issue 14, item
+    // 10: a daemon naming it refused to start, and `keys revoke` refused to create it).
+    let list: cohort_security::RevocationList = serde_json::from_str(
+        &std::fs::read_to_string(keys_dir.join("revoked.json")).expect("keys init writes it"),
+    )
+    .unwrap();
+    let trust = cohort_keystore::read_trust(
+        &[keys_dir.join("issuer.pub").display().to_string()],
+        Some(&keys_dir.join("revoked.json")),
+    );
+    assert!(trust.is_ok(), "{:?}", trust.err());
+    assert!(list.claims.serials.is_empty());
     refused(&["init"], "refusing to overwrite");
     refused(&["issue", "--role", "admin", "--name", "a"], "unknown role");
     refused(&["issue", "--role", "node", "--name", "bad name"], "invalid name");
