@@ -3,10 +3,15 @@
 //!
 //! Fact files are re-read when they change (see [`FactSource::refresh`]); a file that fails to
 //! parse is reported and the last good facts stay in force, so a half-written file never leaves
-//! a node with no facts.
+//! a node with no facts. A file that had facts and now reads empty (truncated by a writer that
+//! has not written yet) keeps its last facts for [`EMPTY_SETTLE`]; only a file that stays empty
+//! that long loses them.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a fact file that had facts may read empty before they are dropped.
+pub const EMPTY_SETTLE: Duration = Duration::from_secs(10);
 
 use serde_json::{Map, Value};
 
@@ -285,6 +290,10 @@ pub struct FactSource {
     provision: Option<cohort_provision::node::NodeSettings>,
     seen: Vec<Option<(SystemTime, u64)>>,
     current: Facts,
+    /// Per fact file: its last parsed facts, and since when it has read empty after having
+    /// some.
+    last_good: Vec<Map<String, Value>>,
+    empty_since: Vec<Option<Instant>>,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -308,6 +317,8 @@ impl FactSource {
             provision: None,
             seen: Vec::new(),
             current: Facts::default(),
+            last_good: Vec::new(),
+            empty_since: Vec::new(),
         }
     }
 
@@ -342,6 +353,11 @@ impl FactSource {
     /// naming its file); on error the previous facts stay in force. `Ok(true)` when the facts
     /// changed.
     pub fn refresh(&mut self) -> Result<bool, Vec<FactsError>> {
+        self.refresh_at(Instant::now())
+    }
+
+    /// [`FactSource::refresh`] at `now` (which decides whether an empty file has settled).
+    pub fn refresh_at(&mut self, now: Instant) -> Result<bool, Vec<FactsError>> {
         let locks: Vec<PathBuf> = self
             .puppet_state_dirs
             .iter()
@@ -363,19 +379,35 @@ impl FactSource {
             .chain(locks.iter())
             .map(|path| stamp(path))
             .collect();
-        if !self.seen.is_empty() && stamps == self.seen {
+        let settling = self.empty_since.iter().any(Option::is_some);
+        if !self.seen.is_empty() && stamps == self.seen && !settling {
             return Ok(false);
         }
+        self.last_good.resize(self.files.len(), Map::new());
+        self.empty_since.resize(self.files.len(), None);
         let mut errors = Vec::new();
         let mut facts = self.core.clone();
         facts.extend(puppet_facts(&self.puppet_state_dirs));
         if let Some(provision) = &self.provision {
             facts.extend(cohort_provision::node::facts(provision));
         }
-        for path in &self.files {
+        for (idx, path) in self.files.iter().enumerate() {
             match std::fs::read_to_string(path) {
+                Ok(text) if text.trim().is_empty() && !self.last_good[idx].is_empty() => {
+                    let since = *self.empty_since[idx].get_or_insert(now);
+                    if now.saturating_duration_since(since) < EMPTY_SETTLE {
+                        facts.extend(self.last_good[idx].clone());
+                    } else {
+                        self.last_good[idx] = Map::new();
+                        self.empty_since[idx] = None;
+                    }
+                }
                 Ok(text) => match parse_fact_file(path, &text) {
-                    Ok(map) => facts.extend(map),
+                    Ok(map) => {
+                        self.empty_since[idx] = None;
+                        self.last_good[idx] = map.clone();
+                        facts.extend(map);
+                    }
                     Err(err) => errors.push(err),
                 },
                 Err(err) => {
@@ -552,5 +584,41 @@ mod tests {
         std::fs::write(&first, "country: fr\n").unwrap();
         assert!(source.refresh().unwrap());
         assert_eq!(source.current().facts["country"], "fr");
+    }
+
+    #[test]
+    fn a_truncated_fact_file_keeps_its_facts_until_it_settles_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("facts.yaml");
+        let other = dir.path().join("other.txt");
+        std::fs::write(&file, "country: uk\nrole: web\n").unwrap();
+        std::fs::write(&other, "rack=r1\n").unwrap();
+        let mut source = FactSource::new(Map::new(), vec![file.clone(), other.clone()], None);
+        let t0 = Instant::now();
+        assert!(source.refresh_at(t0).unwrap());
+        // Truncated by a writer that has not written yet: the facts stay.
+        std::fs::write(&file, "").unwrap();
+        assert!(!source.refresh_at(t0 + Duration::from_secs(1)).unwrap());
+        assert_eq!(source.current().facts["country"], "uk");
+        // Another file's change is still taken at once meanwhile.
+        std::fs::write(&other, "rack=r2\n").unwrap();
+        assert!(source.refresh_at(t0 + Duration::from_secs(2)).unwrap());
+        assert_eq!(source.current().facts["rack"], "r2");
+        assert_eq!(source.current().facts["role"], "web");
+        // The writer finishes: the new content applies at once.
+        std::fs::write(&file, "country: fr\n").unwrap();
+        assert!(source.refresh_at(t0 + Duration::from_secs(3)).unwrap());
+        assert_eq!(source.current().facts["country"], "fr");
+        assert!(source.current().facts.get("role").is_none());
+        // Emptied for good: after the settle time (no file change needed), the facts go.
+        std::fs::write(&file, "\n").unwrap();
+        let emptied = t0 + Duration::from_secs(4);
+        assert!(!source.refresh_at(emptied).unwrap());
+        assert!(!source.refresh_at(emptied + EMPTY_SETTLE / 2).unwrap());
+        assert_eq!(source.current().facts["country"], "fr");
+        assert!(source.refresh_at(emptied + EMPTY_SETTLE).unwrap());
+        assert!(source.current().facts.get("country").is_none());
+        assert_eq!(source.current().facts["rack"], "r2");
+        assert!(!source.refresh_at(emptied + EMPTY_SETTLE * 2).unwrap(), "settled: quiet again");
     }
 }
