@@ -28,6 +28,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Most bytes queued for one client before it is disconnected as a slow consumer.
     pub max_pending: usize,
+    /// Most subscriptions one connection may hold; more are refused (`-ERR 'maximum
+    /// subscriptions exceeded'`, the connection kept), so one client cannot grow the broker's
+    /// memory without bound.
+    pub max_subscriptions: usize,
     /// How long one write to a client may take before it is disconnected as a slow consumer.
     #[serde(with = "humantime_serde")]
     pub write_deadline: Duration,
@@ -59,6 +63,7 @@ impl Default for Config {
             max_control_line: 4096,
             max_connections: 64 * 1024,
             max_pending: 64 * 1024 * 1024,
+            max_subscriptions: 10_000,
             write_deadline: Duration::from_secs(10),
             ping_interval: Duration::from_secs(120),
             max_pings_out: 2,
@@ -163,6 +168,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_subscriptions == 0 {
+            return Err(invalid("max_subscriptions", "must be at least 1"));
         }
         if self.max_pending < self.max_payload {
             return Err(invalid("max_pending", "must be at least max_payload"));

@@ -522,6 +522,13 @@ impl Conn {
             self.err(message);
             return;
         }
+        // As nats-server: refused with an error, the connection kept.
+        if !self.subs.contains_key(&sid) && self.subs.len() >= self.shared.config.max_subscriptions
+        {
+            self.shared.counters.subscriptions_refused.inc();
+            self.err("maximum subscriptions exceeded".to_owned());
+            return;
+        }
         // nats-server ignores a SUB that reuses a live sid; so do we.
         if !self.subs.contains_key(&sid) {
             let sub = Arc::new(Subscription {

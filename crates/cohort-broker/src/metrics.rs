@@ -18,6 +18,7 @@ pub struct Counters {
     pub(crate) connections_total: Counter,
     pub(crate) connections: Gauge,
     pub(crate) subscriptions: Gauge,
+    pub(crate) subscriptions_refused: Counter,
     pub(crate) msgs_in: Counter,
     pub(crate) msgs_out: Counter,
     pub(crate) bytes_in: Counter,
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub connections: i64,
     /// Subscriptions registered now.
     pub subscriptions: i64,
+    /// Subscriptions refused for `max_subscriptions`.
+    pub subscriptions_refused: u64,
     /// Messages received from clients.
     pub msgs_in: u64,
     /// Messages delivered to clients.
@@ -56,6 +59,7 @@ impl Counters {
             connections_total: self.connections_total.get(),
             connections: self.connections.get(),
             subscriptions: self.subscriptions.get(),
+            subscriptions_refused: self.subscriptions_refused.get(),
             msgs_in: self.msgs_in.get(),
             msgs_out: self.msgs_out.get(),
             bytes_in: self.bytes_in.get(),
@@ -74,6 +78,11 @@ impl Counters {
             "subscriptions",
             "Subscriptions registered now",
             self.subscriptions.clone(),
+        );
+        registry.register(
+            "subscriptions_refused",
+            "Subscriptions refused over max_subscriptions",
+            self.subscriptions_refused.clone(),
         );
         registry.register("messages_in", "Messages received from clients", self.msgs_in.clone());
         registry.register("messages_out", "Messages delivered to clients", self.msgs_out.clone());

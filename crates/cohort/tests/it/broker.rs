@@ -132,3 +132,79 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut text).await.unwrap();
     text
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One connection asking for a million subscriptions gets `max_subscriptions` (10,000) of them
+/// and a `-ERR 'maximum subscriptions exceeded'` for each of the rest, as nats-server answers;
+/// the connection stays usable and the broker's memory stays bounded (issue 14, item 6: RSS
+/// went from 16 MB to 757 MB).
+#[test]
+fn a_million_subscriptions_are_refused_past_the_limit() {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = cohort();
+    command.args(["broker", "--listen", &addr.to_string()]);
+    let broker = Daemon::spawn(command);
+    assert!(wait_for_listener(addr, Duration::from_secs(10)), "{}", broker.stderr_text());
+    let before = rss_kib(broker.child.id());
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    // Replies are read while the SUBs are written, so neither side's buffers fill.
+    let counting = std::thread::spawn(move || {
+        let (mut refused, mut other) = (0u64, Vec::new());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return (refused, other, "closed".to_owned());
+            }
+            match line.trim_end() {
+                "-ERR 'maximum subscriptions exceeded'" => refused += 1,
+                "PONG" => return (refused, other, "PONG".to_owned()),
+                "+OK" | "PING" => {}
+                text => other.push(text.to_owned()),
+            }
+        }
+    });
+    let mut writer = stream;
+    writer.write_all(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n").unwrap();
+    let mut batch = Vec::with_capacity(1 << 20);
+    for sid in 1..=1_000_000u32 {
+        write!(batch, "SUB s.{sid} {sid}\r\n").unwrap();
+        if batch.len() > 1 << 19 {
+            writer.write_all(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    batch.extend_from_slice(b"PING\r\n");
+    writer.write_all(&batch).unwrap();
+    let (refused, other, end) = counting.join().unwrap();
+    assert_eq!(end, "PONG", "the connection was closed: {other:?}\n{}", broker.stderr_text());
+    assert_eq!(refused, 990_000, "{other:?}");
+    assert!(other.is_empty(), "{other:?}");
+    // Still usable: a subscription within the limit gets its messages.
+    let mut reader = BufReader::new(writer.try_clone().unwrap());
+    writer.write_all(b"PUB s.1 2\r\nhi\r\nPING\r\n").unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_owned());
+    }
+    assert_eq!(lines, ["MSG s.1 1 2", "hi", "PONG"]);
+    let after = rss_kib(broker.child.id());
+    assert!(after < before + 100 * 1024, "broker RSS grew from {before} KiB to {after} KiB");
+}
