@@ -5,13 +5,17 @@
 //! denied request is exactly what an investigation looks for. Inputs the DDL marks `sensitive`
 //! are replaced by `"[redacted]"`. The file is created 0600, appended with one write per
 //! record, and reopened on SIGHUP so logrotate can move it away.
+//!
+//! Nothing an attacker sizes reaches the disk unbounded: claimed text fields are cut at
+//! [`FIELD_LIMIT`] bytes, and refusals of unverified traffic (which anyone on the bus can send)
+//! are rate-limited by an [`AuditBudget`], the rest counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -86,6 +90,71 @@ impl AuditRecord {
     }
 }
 
+/// Longest claimed text (caller, sender, action, reason) copied into a record, in bytes.
+pub const FIELD_LIMIT: usize = 256;
+
+fn bounded(text: &mut Option<String>) {
+    if let Some(text) = text
+        && text.len() > FIELD_LIMIT
+    {
+        let mut end = FIELD_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…[cut]");
+    }
+}
+
+impl AuditRecord {
+    /// Cuts the claimed text fields at [`FIELD_LIMIT`] bytes.
+    pub fn bound(&mut self) {
+        for field in [
+            &mut self.request_id,
+            &mut self.caller,
+            &mut self.sender,
+            &mut self.agent,
+            &mut self.action,
+            &mut self.reason,
+        ] {
+            bounded(field);
+        }
+    }
+}
+
+/// A token bucket for audit lines about unverified traffic: `burst` at once, then `per_second`.
+/// Pure: the time is passed in.
+#[derive(Debug, Clone)]
+pub struct AuditBudget {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl AuditBudget {
+    /// A full bucket.
+    pub fn new(per_second: u32, burst: u32) -> AuditBudget {
+        let burst = f64::from(burst.max(1));
+        AuditBudget { per_second: f64::from(per_second), burst, tokens: burst, last: None }
+    }
+
+    /// Whether one more line may be written at `now`.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).min(Duration::from_secs(3600));
+            self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Replaces the values of `sensitive` inputs.
 pub fn redact(inputs: &Map<String, Value>, sensitive: &[&str]) -> Map<String, Value> {
     inputs
@@ -125,7 +194,9 @@ impl AuditLog {
 
     /// Appends one record. A failure is logged, never fatal to the request.
     pub fn write(&self, record: &AuditRecord) {
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        let mut record = record.clone();
+        record.bound();
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(err) = file.write_all(&line) {
@@ -148,6 +219,29 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_allows_a_burst_then_a_rate() {
+        let mut budget = AuditBudget::new(10, 5);
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| budget.take(t0)).count(), 5, "the burst");
+        assert!(!budget.take(t0 + Duration::from_millis(50)), "half a token");
+        assert!(budget.take(t0 + Duration::from_millis(100)), "one token per 100 ms");
+        assert!(!budget.take(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| budget.take(later)).count(), 5, "refilled to the burst only");
+    }
+
+    #[test]
+    fn claimed_fields_are_cut() {
+        let mut record = AuditRecord::new("n1", AuditDecision::Refused, SystemTime::UNIX_EPOCH);
+        record.sender = Some("é".repeat(1000));
+        record.caller = Some("client=x".into());
+        record.bound();
+        let sender = record.sender.unwrap();
+        assert!(sender.len() <= FIELD_LIMIT + 8 && sender.ends_with("…[cut]"), "{sender}");
+        assert_eq!(record.caller.unwrap(), "client=x");
+    }
 
     #[test]
     fn lines_redaction_and_reopen() {

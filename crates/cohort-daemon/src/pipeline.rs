@@ -23,7 +23,7 @@ use cohort_security::Unsealed;
 use serde_json::{Map, Value};
 
 use crate::agent::{ActionRequest, Agent, Context, Outcome};
-use crate::audit::{AuditDecision, AuditLog, AuditRecord, redact};
+use crate::audit::{AuditBudget, AuditDecision, AuditLog, AuditRecord, redact};
 use crate::facts::Facts;
 use crate::security::NodeSecurity;
 use crate::stats::Stats;
@@ -45,6 +45,9 @@ pub struct NodeState {
     max_ttl_secs: u32,
     security: Option<Arc<NodeSecurity>>,
     audit: Option<Arc<AuditLog>>,
+    /// Audit lines about unverified traffic (anyone on the bus can send it): 200 at once, then
+    /// 20 a second; the rest are counted in `audit_suppressed`.
+    audit_budget: std::sync::Mutex<AuditBudget>,
 }
 
 /// The agents hosted, and their names (with `discovery`) as filters see them: computed once
@@ -108,6 +111,7 @@ impl NodeState {
             max_ttl_secs: cohort_proto::DEFAULT_MAX_TTL_SECS,
             security: None,
             audit: None,
+            audit_budget: std::sync::Mutex::new(AuditBudget::new(20, 200)),
         }
     }
 
@@ -220,7 +224,12 @@ impl NodeState {
             Ok(decoded) => decoded,
             Err(refusal) => {
                 tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
-                self.refuse(refusal.claimed.as_deref(), false, &refusal.reason, now);
+                // Unsigned or forged traffic addressed to other nodes leaves no trace here,
+                // as a valid request for other nodes does not: a flood aimed at a node that
+                // does not exist must not fill every node's disk.
+                if refusal.claimed.as_deref().is_none_or(|claimed| self.addressed_here(claimed)) {
+                    self.refuse_unverified(refusal.claimed.as_deref(), &refusal.reason, now);
+                }
                 return Handled::Ignored(refusal.kind);
             }
         };
@@ -231,14 +240,8 @@ impl NodeState {
             Stats::bump(&self.stats.filtered);
             return Handled::Ignored("other collective");
         }
-        let facts = self.facts();
-        let hosted = self.hosted();
-        let node = cohort_filter::Node {
-            identity: self.identity.as_str(),
-            facts: &facts.facts,
-            classes: &facts.classes,
-            agents: &hosted.names,
-        };
+        let (facts, hosted) = (self.facts(), self.hosted());
+        let node = self.filter_node(&facts, &hosted);
         if !cohort_filter::matches(&request.filter, &node) {
             Stats::bump(&self.stats.filtered);
             return Handled::Ignored("filtered");
@@ -254,7 +257,7 @@ impl NodeState {
                 };
                 if let Err(refusal) = checked {
                     tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
-                    self.refuse(Some(&request), false, &refusal.reason, now);
+                    self.refuse_unverified(Some(&request), &refusal.reason, now);
                     return Handled::Ignored(refusal.kind);
                 }
                 true
@@ -418,6 +421,41 @@ impl NodeState {
             Stats::bump(&self.stats.invalid);
             Refusal { kind: "undecodable", reason: err.to_string(), claimed: None }
         })
+    }
+
+    /// Whether `request` is for this node: its collective, and its filter against the facts,
+    /// classes and agents in force.
+    fn addressed_here(&self, request: &Request) -> bool {
+        if !self.collectives.contains(&request.collective) {
+            return false;
+        }
+        let (facts, hosted) = (self.facts(), self.hosted());
+        cohort_filter::matches(&request.filter, &self.filter_node(&facts, &hosted))
+    }
+
+    /// This node as filters and policies see it.
+    fn filter_node<'a>(&'a self, facts: &'a Facts, hosted: &'a Hosted) -> cohort_filter::Node<'a> {
+        cohort_filter::Node {
+            identity: self.identity.as_str(),
+            facts: &facts.facts,
+            classes: &facts.classes,
+            agents: &hosted.names,
+        }
+    }
+
+    /// Audits a refusal of unverified traffic within the audit budget; counts what it leaves out.
+    fn refuse_unverified(&self, request: Option<&Request>, reason: &str, now: SystemTime) {
+        if self.audit.is_none() {
+            return;
+        }
+        let mut budget =
+            self.audit_budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !budget.take(Instant::now()) {
+            Stats::bump(&self.stats.audit_suppressed);
+            return;
+        }
+        drop(budget);
+        self.refuse(request, false, reason, now);
     }
 
     fn unverified(&self, kind: &'static str, reason: String, claimed: Option<Request>) -> Refusal {

@@ -104,6 +104,7 @@ fn action(ctx: &Context, request: &ActionRequest) -> Outcome {
                 unverified: Stats::get(&stats.unverified),
                 replayed: Stats::get(&stats.replayed),
                 unauthorized: Stats::get(&stats.unauthorized),
+                audit_suppressed: Stats::get(&stats.audit_suppressed),
             })
             .into()
         }

@@ -24,6 +24,8 @@ pub struct Stats {
     pub replayed: AtomicU64,
     /// Requests denied by policy.
     pub unauthorized: AtomicU64,
+    /// Audit lines for refused unverified traffic left out by the rate limit.
+    pub audit_suppressed: AtomicU64,
 }
 
 impl Stats {

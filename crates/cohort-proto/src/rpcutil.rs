@@ -56,6 +56,9 @@ pub struct DaemonStats {
     pub replayed: u64,
     /// Requests the policy refused.
     pub unauthorized: u64,
+    /// Audit lines for refused unverified traffic left out by the rate limit.
+    #[serde(default)]
+    pub audit_suppressed: u64,
 }
 
 /// `rpcutil collective_info`.

@@ -217,6 +217,7 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
         ("Unverified Messages", stats.unverified.to_string()),
         ("Replayed Messages", stats.replayed.to_string()),
         ("Unauthorized Requests", stats.unauthorized.to_string()),
+        ("Audit Lines Suppressed", stats.audit_suppressed.to_string()),
         ("Replies Sent", stats.replies.to_string()),
     ] {
         writeln!(io.out, "   {label:>28}: {value}")?;
