@@ -334,7 +334,7 @@ impl NodeState {
             record.reason = (outcome.status != StatusCode::Ok).then(|| outcome.message.clone());
             record.status = Some(outcome.status.code());
             record.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-            audit.write(&record);
+            audit.write(record);
         }
         if !request.body.process_results {
             return Handled::NoReply;
@@ -490,7 +490,7 @@ impl NodeState {
             None => AuditRecord::new(self.identity.as_str(), AuditDecision::Refused, now),
         };
         record.reason = Some(reason.to_owned());
-        audit.write(&record);
+        audit.write(record);
     }
 
     fn redacted_inputs(&self, request: &Request, agents: &[Arc<dyn Agent>]) -> Map<String, Value> {

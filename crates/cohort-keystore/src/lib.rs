@@ -252,9 +252,7 @@ impl KeyDir {
         let issuer = SecretKey::generate(KeyKind::Issuer, random);
         write_secret_key(&self.dir.join("issuer.seed"), &issuer)?;
         write_new(&self.issuer_public_path(), &format!("{}\n", issuer.public()), 0o644)?;
-        let list = RevocationList::sign(&issuer, now, Vec::new());
-        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
-        replace(&self.revocations_path(), &format!("{text}\n"), 0o644)?;
+        self.write_revocations(&RevocationList::sign(&issuer, now, Vec::new()))?;
         Ok(issuer.public().clone())
     }
 
@@ -326,9 +324,13 @@ impl KeyDir {
         let mut all = self.revoked()?;
         all.extend(serials.iter().cloned());
         let list = RevocationList::sign(&issuer, now, all);
-        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
-        replace(&self.revocations_path(), &format!("{text}\n"), 0o644)?;
+        self.write_revocations(&list)?;
         Ok(list)
+    }
+
+    fn write_revocations(&self, list: &RevocationList) -> Result<(), KeystoreError> {
+        let text = serde_json::to_string_pretty(list).unwrap_or_default();
+        replace(&self.revocations_path(), &format!("{text}\n"), 0o644)
     }
 
     /// The trust this directory's issuer and revocation list give.
