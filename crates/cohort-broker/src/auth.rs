@@ -20,8 +20,15 @@ use crate::config::{Authorization, Permissions, SubjectRules};
 #[derive(Debug, Default)]
 pub(crate) struct Auth {
     token: Option<String>,
-    passwords: HashMap<String, (String, Option<Arc<Grants>>)>,
-    nkeys: HashMap<String, Option<Arc<Grants>>>,
+    passwords: HashMap<String, (String, Admission)>,
+    nkeys: HashMap<String, Admission>,
+}
+
+/// What a user is admitted with.
+#[derive(Debug, Clone, Default)]
+struct Admission {
+    grants: Option<Arc<Grants>>,
+    expires: Option<i64>,
 }
 
 /// Who a client turned out to be, and what it may do.
@@ -31,6 +38,8 @@ pub(crate) struct Identity {
     pub(crate) name: Option<String>,
     /// Restrictions; `None` means the client may publish and subscribe to anything.
     pub(crate) grants: Option<Arc<Grants>>,
+    /// Unix time (seconds) the login stops being valid.
+    pub(crate) expires: Option<i64>,
 }
 
 /// Compiled permissions of one user.
@@ -45,23 +54,23 @@ impl Auth {
         let Some(config) = config else {
             return Auth::default();
         };
-        let grants = |perms: &Option<Permissions>| {
-            perms.as_ref().map(|perms| {
+        let admission = |user: &crate::config::User| Admission {
+            grants: user.permissions.as_ref().map(|perms: &Permissions| {
                 Arc::new(Grants {
                     publish: perms.publish.clone(),
                     subscribe: perms.subscribe.clone(),
                 })
-            })
+            }),
+            expires: user.expires,
         };
         let mut auth = Auth { token: config.token.clone(), ..Auth::default() };
         for user in &config.users {
             match (&user.user, &user.password, &user.nkey) {
                 (Some(name), Some(password), _) => {
-                    auth.passwords
-                        .insert(name.clone(), (password.clone(), grants(&user.permissions)));
+                    auth.passwords.insert(name.clone(), (password.clone(), admission(user)));
                 }
                 (_, _, Some(nkey)) => {
-                    auth.nkeys.insert(nkey.clone(), grants(&user.permissions));
+                    auth.nkeys.insert(nkey.clone(), admission(user));
                 }
                 // Config validation refuses users without credentials.
                 _ => {}
@@ -80,9 +89,14 @@ impl Auth {
         !self.nkeys.is_empty()
     }
 
-    /// Checks the credentials in `CONNECT`. `None` means "Authorization Violation"; the reason
-    /// is deliberately not told to the client.
-    pub(crate) fn authenticate(&self, connect: &Connect, nonce: Option<&str>) -> Option<Identity> {
+    /// Checks the credentials in `CONNECT` at `now` (Unix seconds). `None` means
+    /// "Authorization Violation"; the reason is deliberately not told to the client.
+    pub(crate) fn authenticate(
+        &self,
+        connect: &Connect,
+        nonce: Option<&str>,
+        now: i64,
+    ) -> Option<Identity> {
         if !self.required() {
             return Some(Identity::default());
         }
@@ -90,8 +104,8 @@ impl Auth {
             let given = connect.auth_token.as_deref()?;
             return same_secret(token, given).then(Identity::default);
         }
-        if let Some(nkey) = &connect.nkey {
-            let grants = self.nkeys.get(nkey)?;
+        let (name, admission) = if let Some(nkey) = &connect.nkey {
+            let admission = self.nkeys.get(nkey)?;
             let (nonce, sig) = (nonce?, connect.sig.as_deref()?);
             let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(sig)
@@ -99,13 +113,24 @@ impl Auth {
                 .ok()?;
             let key = nkeys::KeyPair::from_public_key(nkey).ok()?;
             key.verify(nonce.as_bytes(), &sig).ok()?;
-            return Some(Identity { name: Some(nkey.clone()), grants: grants.clone() });
+            (nkey.clone(), admission)
+        } else {
+            let user = connect.user.as_deref()?;
+            let (password, admission) = self.passwords.get(user)?;
+            let given = connect.pass.as_deref()?;
+            if !same_secret(password, given) {
+                return None;
+            }
+            (user.to_owned(), admission)
+        };
+        if admission.expires.is_some_and(|expires| now > expires) {
+            return None;
         }
-        let user = connect.user.as_deref()?;
-        let (password, grants) = self.passwords.get(user)?;
-        let given = connect.pass.as_deref()?;
-        same_secret(password, given)
-            .then(|| Identity { name: Some(user.to_owned()), grants: grants.clone() })
+        Some(Identity {
+            name: Some(name),
+            grants: admission.grants.clone(),
+            expires: admission.expires,
+        })
     }
 }
 
@@ -157,10 +182,10 @@ mod tests {
     fn token() {
         let auth = Auth::new(Some(&Authorization { token: Some("s3cr3t".into()), users: vec![] }));
         assert!(auth.required() && !auth.wants_nonce());
-        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3t"}"#), None).is_some());
-        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3"}"#), None).is_none());
-        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3tt"}"#), None).is_none());
-        assert!(auth.authenticate(&connect("{}"), None).is_none());
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3t"}"#), None, 0).is_some());
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3"}"#), None, 0).is_none());
+        assert!(auth.authenticate(&connect(r#"{"auth_token":"s3cr3tt"}"#), None, 0).is_none());
+        assert!(auth.authenticate(&connect("{}"), None, 0).is_none());
     }
 
     #[test]
@@ -175,22 +200,39 @@ mod tests {
             ],
         }));
         assert!(auth.wants_nonce());
-        let alice = auth.authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), None).unwrap();
+        let alice =
+            auth.authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), None, 0).unwrap();
         assert_eq!(alice.name.as_deref(), Some("alice"));
-        assert!(auth.authenticate(&connect(r#"{"user":"alice","pass":"x"}"#), None).is_none());
-        assert!(auth.authenticate(&connect(r#"{"user":"bob","pass":"pw"}"#), None).is_none());
+        assert!(auth.authenticate(&connect(r#"{"user":"alice","pass":"x"}"#), None, 0).is_none());
+        assert!(auth.authenticate(&connect(r#"{"user":"bob","pass":"pw"}"#), None, 0).is_none());
 
         let nonce = "abcdefghijk";
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(seed.sign(nonce.as_bytes()).unwrap());
         let good = connect(&format!(r#"{{"nkey":"{public}","sig":"{sig}"}}"#));
-        assert!(auth.authenticate(&good, Some(nonce)).is_some());
-        assert!(auth.authenticate(&good, Some("another-nonce")).is_none(), "replayed signature");
+        assert!(auth.authenticate(&good, Some(nonce), 0).is_some());
+        assert!(auth.authenticate(&good, Some("another-nonce"), 0).is_none(), "replayed signature");
         let other = nkeys::KeyPair::new_user();
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(other.sign(nonce.as_bytes()).unwrap());
         let bad = connect(&format!(r#"{{"nkey":"{public}","sig":"{forged}"}}"#));
-        assert!(auth.authenticate(&bad, Some(nonce)).is_none());
+        assert!(auth.authenticate(&bad, Some(nonce), 0).is_none());
+    }
+
+    #[test]
+    fn an_expired_user_is_refused() {
+        let auth = Auth::new(Some(&Authorization {
+            token: None,
+            users: vec![User {
+                user: Some("alice".into()),
+                password: Some("pw".into()),
+                expires: Some(1000),
+                ..User::default()
+            }],
+        }));
+        let login = connect(r#"{"user":"alice","pass":"pw"}"#);
+        assert_eq!(auth.authenticate(&login, None, 1000).unwrap().expires, Some(1000));
+        assert!(auth.authenticate(&login, None, 1001).is_none());
     }
 
     #[test]

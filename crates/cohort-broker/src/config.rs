@@ -108,6 +108,10 @@ pub struct User {
     pub nkey: Option<String>,
     /// What this user may publish and subscribe to; everything when absent.
     pub permissions: Option<Permissions>,
+    /// Unix time (seconds) past which the user is refused, and a connected one disconnected
+    /// with `-ERR 'User Authentication Expired'` (within a second): a credential's end of
+    /// validity, enforced without waiting for a reload.
+    pub expires: Option<i64>,
 }
 
 /// Publish and subscribe permissions.

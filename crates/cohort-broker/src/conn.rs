@@ -141,6 +141,8 @@ struct Conn {
     subs: HashMap<String, Arc<Subscription>>,
     pings_out: u32,
     rng: rand::rngs::SmallRng,
+    /// When the login stops being valid (Unix seconds), for a credential with an end.
+    expires: Option<i64>,
 }
 
 /// Serves one accepted TCP connection until it closes or the broker stops.
@@ -205,6 +207,7 @@ pub(crate) async fn serve(
         subs: HashMap::new(),
         pings_out: 0,
         rng,
+        expires: None,
     };
     match &shared.tls {
         Some(acceptor) => {
@@ -258,6 +261,9 @@ impl Conn {
         tokio::pin!(auth_deadline);
         let write_deadline = config.write_deadline;
         let mut reloads = self.shared.reloads.subscribe();
+        // Checked every second, only for a login that ends: an expired credential is cut off
+        // by the broker itself, not at the next reload.
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
@@ -303,6 +309,14 @@ impl Conn {
                     if !self.still_admitted() {
                         tracing::info!(client = self.id, "no longer admitted after an authorization reload");
                         self.out.push_err("Authorization Violation".to_owned(), &self.shared);
+                        let _ = self.write_queued(&mut writer, &mut wbuf, write_deadline).await;
+                        return;
+                    }
+                }
+                _ = expiry.tick(), if self.expires.is_some() => {
+                    if self.expires.is_some_and(|expires| unix_now() > expires) {
+                        tracing::info!(client = self.id, "credential expired; disconnecting");
+                        self.out.push_err("User Authentication Expired".to_owned(), &self.shared);
                         let _ = self.write_queued(&mut writer, &mut wbuf, write_deadline).await;
                         return;
                     }
@@ -471,7 +485,8 @@ impl Conn {
             self.err("no responders requires headers support".to_owned());
             return Some(Stop::Flush);
         }
-        let Some(identity) = self.shared.auth().authenticate(&connect, self.nonce.as_deref())
+        let Some(identity) =
+            self.shared.auth().authenticate(&connect, self.nonce.as_deref(), unix_now())
         else {
             self.shared.counters.auth_failures.inc();
             tracing::info!(client = self.id, user = ?connect.user, nkey = ?connect.nkey, "authorization violation");
@@ -480,6 +495,7 @@ impl Conn {
         };
         tracing::debug!(client = self.id, name = ?connect.name, user = ?identity.name, "connected");
         let _ = self.out.peer.set(Peer { grants: identity.grants });
+        self.expires = identity.expires;
         self.connect = Some(connect);
         self.ok();
         None
@@ -489,7 +505,7 @@ impl Conn {
     /// under the authorization in force (after a reload). Not yet logged in: nothing to check.
     fn still_admitted(&self) -> bool {
         let Some(connect) = &self.connect else { return true };
-        match self.shared.auth().authenticate(connect, self.nonce.as_deref()) {
+        match self.shared.auth().authenticate(connect, self.nonce.as_deref(), unix_now()) {
             None => false,
             Some(identity) => identity.grants.as_deref() == self.grants(),
         }
@@ -719,4 +735,11 @@ fn remove_sub(shared: &Shared, sub: &Subscription) {
     if removed.is_some() {
         shared.counters.subscriptions.dec();
     }
+}
+
+/// The wall clock in Unix seconds, which credential ends are written in.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }

@@ -8,8 +8,9 @@ use std::time::{Instant, SystemTime};
 use cohort_proto::{Filter, Identity, reply_subject};
 
 use crate::collector::{Collected, Collector, Following};
-use crate::discovery::{Heard, Session};
+use crate::discovery::{Found, Heard, Session};
 use crate::ending::{Ending, Verdict};
+use crate::link::Trouble;
 use crate::verify::{Incoming, Replies};
 use crate::{
     Call, CallResult, CallStats, Client, ClientError, Discovered, DiscoveryOptions, NodeReply,
@@ -53,22 +54,18 @@ impl Client {
             // Nothing matched: nothing is sent.
             session.close().await;
             let unverified = std::mem::take(&mut session.unverified);
-            let discovered = self.conclude(
-                found.nodes,
-                found.started,
-                &session.ending,
-                &session.key,
-                unverified,
-            );
+            let discovered = self.conclude(found, &session.ending, &session.key, unverified);
             return Ok((discovered, CallResult::empty()));
         }
-        call.targets = Targets::Broadcast { expected: found.nodes };
+        call.targets = Targets::Broadcast { expected: found.nodes.clone() };
         let finished = self.collect(call, Some(&mut session), on_reply).await?;
         // The call went on listening to discovery: its rule and count are the final ones.
         let ending = finished.discovery.as_ref().unwrap_or(&session.ending);
+        let lost = found.lost || finished.result.stats.lost_broker.is_some();
+        let found = Found { nodes: finished.expected, started: found.started, lost };
         let discovered = Discovered {
             elapsed: discovered.elapsed,
-            ..self.conclude(finished.expected, found.started, ending, &session.key, Vec::new())
+            ..self.conclude(found, ending, &session.key, Vec::new())
         };
         Ok((discovered, finished.result))
     }
@@ -93,6 +90,11 @@ impl Client {
         let (id, request) = self.call_request(&call, true);
         let reply_to = reply_subject(&call.collective, &self.options.caller, &id);
         let bus = |err: &dyn std::fmt::Display| ClientError::Bus(err.to_string());
+        let link_start = self.link.now();
+        let mut link = self.link.watch();
+        let published_to = crate::subjects(&call);
+        let ours: Vec<&str> =
+            published_to.iter().map(String::as_str).chain([reply_to.as_str()]).collect();
         let mut incoming = Replies::new(
             self.nats.subscribe(reply_to.clone()).await.map_err(|e| bus(&e))?,
             &self.options.security,
@@ -101,9 +103,12 @@ impl Client {
         let sent = Instant::now();
         // Every node is sent its copy even if one publication fails; the first error counts.
         let mut published = Ok(());
-        for subject in crate::subjects(&call) {
-            published = published
-                .and(self.nats.publish_with_reply(subject, reply_to.clone(), bytes.clone()).await);
+        for subject in &published_to {
+            published = published.and(
+                self.nats
+                    .publish_with_reply(subject.clone(), reply_to.clone(), bytes.clone())
+                    .await,
+            );
         }
         published.map_err(|e| bus(&e))?;
         let _ = self.nats.flush().await;
@@ -152,6 +157,20 @@ impl Client {
                         Heard::Closed => collector.discovery_closed(),
                     }
                 }
+                Ok(()) = link.changed() => {
+                    let now = link.borrow_and_update().clone();
+                    match crate::link::trouble(&link_start, &now, &ours) {
+                        Some(Trouble::Denied(why)) => return Err(ClientError::Denied(why)),
+                        Some(Trouble::Refused(reason)) => {
+                            let brokers = self.options.brokers.join(", ");
+                            return Err(ClientError::Refused { brokers, reason });
+                        }
+                        Some(Trouble::Lost) => {
+                            collector.lost_broker(Instant::now(), self.options.lost_grace);
+                        }
+                        None => {}
+                    }
+                }
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
@@ -164,8 +183,16 @@ impl Client {
                 std::mem::take(&mut session.unverified),
             );
         }
-        let Collected { replies, expected, no_responses, unexpected, unverified, ok, discovery } =
-            collector.finish();
+        let Collected {
+            replies,
+            expected,
+            no_responses,
+            unexpected,
+            unverified,
+            ok,
+            discovery,
+            lost_broker,
+        } = collector.finish();
         let stats = CallStats {
             request_id: id,
             discovered: expected.len(),
@@ -177,6 +204,7 @@ impl Client {
             unverified,
             start_time,
             request_time,
+            lost_broker: lost_broker.then(|| self.options.brokers.join(", ")),
         };
         Ok(Finished { result: CallResult { replies, stats }, expected, discovery })
     }

@@ -68,6 +68,8 @@ pub(crate) struct Collector {
     refuted_all: bool,
     /// Nobody subscribes to the agent's broadcast subject.
     nobody: bool,
+    /// The broker connection was lost during the call.
+    lost_broker: bool,
 }
 
 /// What the call came to.
@@ -80,6 +82,8 @@ pub(crate) struct Collected {
     pub(crate) ok: usize,
     /// Discovery's rule, when the call followed discovery.
     pub(crate) discovery: Option<Ending>,
+    /// The broker connection was lost during the call.
+    pub(crate) lost_broker: bool,
 }
 
 impl Collector {
@@ -112,6 +116,7 @@ impl Collector {
             last_heard: now,
             refuted_all: false,
             nobody: false,
+            lost_broker: false,
         }
     }
 
@@ -228,6 +233,16 @@ impl Collector {
         self.trust.is_some() && !self.pending.is_empty() && !self.outstanding.is_empty()
     }
 
+    /// The broker connection was lost at `now`: replies sent meanwhile are gone, and none come
+    /// while it is down. The call waits `grace` more at most (counted from the first loss) for
+    /// what still arrives once it is back, then ends.
+    pub(crate) fn lost_broker(&mut self, now: Instant, grace: Duration) {
+        if !self.lost_broker {
+            self.lost_broker = true;
+            self.deadline = self.deadline.min(now + grace);
+        }
+    }
+
     /// The verdict at `now`; checks outstanding nodes' discovery replies when it is time.
     pub(crate) fn poll(&mut self, now: Instant) -> Verdict {
         if now >= self.deadline || self.nobody {
@@ -294,6 +309,7 @@ impl Collector {
             unverified: self.unverified,
             ok,
             discovery: self.discovery,
+            lost_broker: self.lost_broker,
         }
     }
 }
@@ -362,6 +378,25 @@ mod tests {
         assert_eq!(done.replies.len(), 2);
         assert_eq!(done.ok, 1);
         assert!(done.no_responses.is_empty());
+    }
+
+    #[test]
+    fn a_lost_broker_cuts_the_wait_to_the_grace_once() {
+        let (t, mut c) = collector(Targets::Direct(nodes(&["a", "b"])));
+        c.lost_broker(t + MS * 100, MS * 200);
+        assert_eq!(c.poll(t + MS * 100), Verdict::Wait(t + MS * 300));
+        // A second loss does not move the end again; a reply after the loss still counts.
+        c.lost_broker(t + MS * 250, MS * 200);
+        assert!(c.reply(t + MS * 260, reply(1, "a", StatusCode::Ok)).is_some());
+        assert_eq!(c.poll(t + MS * 260), Verdict::Wait(t + MS * 300));
+        assert_eq!(c.poll(t + MS * 300), Verdict::End);
+        // Lost near the deadline: the deadline stays.
+        let (t2, mut late) = collector(Targets::Direct(nodes(&["a"])));
+        late.lost_broker(t2 + MS * 900, MS * 200);
+        assert_eq!(late.poll(t2 + MS * 900), Verdict::Wait(t2 + MS * 1000));
+        let done = c.finish();
+        assert!(done.lost_broker);
+        assert_eq!(done.no_responses, vec![node("b")]);
     }
 
     #[test]

@@ -336,6 +336,7 @@ impl ClientConfig {
             connect_timeout: self.connect_timeout,
             security: self.security.clone(),
             history,
+            lost_grace: crate::DEFAULT_LOST_GRACE,
         };
         (options, warnings)
     }

@@ -16,6 +16,7 @@ use serde_json::Map;
 
 use crate::ending::{Ending, Verdict};
 use crate::history::Key;
+use crate::link::Trouble;
 use crate::verify::{Incoming, Pending, Replies};
 use crate::{Client, ClientError, Discovered, DiscoveryOptions, Shortfall, Unverified};
 
@@ -111,6 +112,8 @@ fn probe_subject(collective: &Collective) -> String {
 pub(crate) struct Found {
     pub(crate) nodes: BTreeSet<Identity>,
     pub(crate) started: Instant,
+    /// The broker connection was lost while discovering: the count is short, perhaps.
+    pub(crate) lost: bool,
 }
 
 impl Client {
@@ -129,15 +132,14 @@ impl Client {
         };
         session.close().await;
         let unverified = std::mem::take(&mut session.unverified);
-        Ok(self.conclude(found.nodes, found.started, &session.ending, &session.key, unverified))
+        Ok(self.conclude(found, &session.ending, &session.key, unverified))
     }
 
     /// The outcome of a networked discovery that found `nodes` and ended as `ending` says,
     /// with the count recorded in the history under `key`.
     pub(crate) fn conclude(
         &self,
-        nodes: BTreeSet<Identity>,
-        started: Instant,
+        Found { nodes, started, lost }: Found,
         ending: &Ending,
         key: &Key,
         unverified: Vec<Unverified>,
@@ -148,10 +150,11 @@ impl Client {
             Shortfall { expected, found: nodes.len(), waited: ending.waited(Instant::now()) }
         });
         let mut history_error = None;
-        // A discovery that found nobody is not evidence that the fleet is gone: the next one
-        // keeps expecting the count before it.
+        // A discovery that found nobody, or lost the broker, is not evidence that the fleet
+        // shrank: the next one keeps expecting the count before it.
         if let Some(history) = &self.options.history
             && !nodes.is_empty()
+            && !lost
         {
             let now = now_ms(SystemTime::now()) / 1000;
             if let Err(err) = history.record(key, nodes.len(), u64::try_from(now).unwrap_or(0)) {
@@ -166,6 +169,7 @@ impl Client {
             expected,
             shortfall,
             history_error,
+            lost_broker: lost.then(|| self.options.brokers.join(", ")),
         }
     }
 
@@ -182,7 +186,7 @@ impl Client {
     ) -> Result<(Found, Option<Session>), ClientError> {
         let started = Instant::now();
         if let Some(nodes) = crate::literal_identities(filter) {
-            return Ok((Found { nodes, started }, None));
+            return Ok((Found { nodes, started, lost: false }, None));
         }
         let key = Key::new(&self.options.brokers, &options.collective, filter);
         let expect = options
@@ -202,24 +206,25 @@ impl Client {
         );
         let reply_to = reply_subject(&options.collective, &self.options.caller, &id);
         let bus = |err: &dyn std::fmt::Display| ClientError::Bus(err.to_string());
+        let link_start = self.link.now();
+        let mut link = self.link.watch();
+        let broadcast = broadcast_subject(&options.collective, &discovery);
+        let probing = probe_subject(&options.collective);
+        let probe_reply = format!("{reply_to}.probe");
+        let ours = [broadcast.as_str(), &reply_to, &probing, &probe_reply].map(str::to_owned);
         let replies = self.nats.subscribe(reply_to.clone()).await.map_err(|e| bus(&e))?;
         // The probe: a message to a subject no node can have, sent right after the request on
         // the same connection. A broker handles one connection's messages in order, so its "no
         // responders" answer to the probe means it has finished handing the request to every
         // node; until then, silence does not mean discovery is over.
-        let probe_reply = format!("{reply_to}.probe");
         let probe = self.nats.subscribe(probe_reply.clone()).await.map_err(|e| bus(&e))?;
         let sent = Instant::now();
         self.nats
-            .publish_with_reply(
-                broadcast_subject(&options.collective, &discovery),
-                reply_to,
-                self.encode(&request).into(),
-            )
+            .publish_with_reply(broadcast, reply_to, self.encode(&request).into())
             .await
             .map_err(|e| bus(&e))?;
         self.nats
-            .publish_with_reply(probe_subject(&options.collective), probe_reply, Bytes::new())
+            .publish_with_reply(probing, probe_reply, Bytes::new())
             .await
             .map_err(|e| bus(&e))?;
         let _ = self.nats.flush().await;
@@ -274,9 +279,26 @@ impl Client {
             };
             tokio::select! {
                 found = session.next() => heard(&mut session, found, &mut nodes),
+                Ok(()) = link.changed() => {
+                    let now = link.borrow_and_update().clone();
+                    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+                    match crate::link::trouble(&link_start, &now, &ours) {
+                        Some(Trouble::Denied(why)) => return Err(ClientError::Denied(why)),
+                        Some(Trouble::Refused(reason)) => {
+                            let brokers = self.options.brokers.join(", ");
+                            return Err(ClientError::Refused { brokers, reason });
+                        }
+                        // Nothing more comes while it is down, and replies sent meanwhile are
+                        // gone: discovery ends with what it has, and says so.
+                        Some(Trouble::Lost) => {
+                            return Ok((Found { nodes, started, lost: true }, Some(session)));
+                        }
+                        None => {}
+                    }
+                }
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        Ok((Found { nodes, started }, Some(session)))
+        Ok((Found { nodes, started, lost: false }, Some(session)))
     }
 }

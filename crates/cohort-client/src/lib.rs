@@ -19,6 +19,7 @@ pub mod config;
 mod discovery;
 mod ending;
 pub mod history;
+mod link;
 pub mod selection;
 pub mod sources;
 mod types;
@@ -35,8 +36,8 @@ use rand::RngCore;
 
 pub use selection::{Count, Pick, Selection, Spread, reply_timeout};
 pub use types::{
-    Call, CallResult, CallStats, ClientError, ClientOptions, ClientSecurity, DEFAULT_WINDOW,
-    Discovered, DiscoveryOptions, NodeReply, Shortfall, Targets, Unverified,
+    Call, CallResult, CallStats, ClientError, ClientOptions, ClientSecurity, DEFAULT_LOST_GRACE,
+    DEFAULT_WINDOW, Discovered, DiscoveryOptions, NodeReply, Shortfall, Targets, Unverified,
 };
 
 /// A connected client.
@@ -44,6 +45,38 @@ pub use types::{
 pub struct Client {
     nats: async_nats::Client,
     options: ClientOptions,
+    link: link::Link,
+}
+
+/// Refuses to start with a credential every node would refuse: expired, not yet valid, or
+/// revoked by the list `trust` carries. A credential from an issuer `trust` does not name (one
+/// for clients, another for nodes) is left to the nodes to judge.
+fn own_credential_usable(
+    signer: &cohort_security::Signer,
+    trust: Option<&cohort_security::Trust>,
+    now: SystemTime,
+) -> Result<(), ClientError> {
+    use cohort_security::CredentialError;
+    let now = now_ms(now) / 1000;
+    let claims = &signer.credential().claims;
+    let checked = if now > claims.not_after {
+        Err(CredentialError::Expired { name: claims.name.clone(), not_after: claims.not_after })
+    } else if now < claims.not_before {
+        Err(CredentialError::NotYetValid {
+            name: claims.name.clone(),
+            not_before: claims.not_before,
+        })
+    } else {
+        trust.map_or(Ok(()), |trust| trust.verify(signer.credential(), now).map(|_| ()))
+    };
+    match checked {
+        Err(
+            err @ (CredentialError::Expired { .. }
+            | CredentialError::NotYetValid { .. }
+            | CredentialError::Revoked { .. }),
+        ) => Err(ClientError::Credential(err.to_string())),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn new_request_id() -> RequestId {
@@ -97,7 +130,15 @@ impl Client {
             );
         }
         let brokers = options.brokers.join(", ");
-        let mut connect = async_nats::ConnectOptions::new();
+        if let Some(signer) = &options.security.signer {
+            own_credential_usable(signer, options.security.trust.as_deref(), SystemTime::now())?;
+        }
+        let link = link::Link::new();
+        let events = link.clone();
+        let mut connect = async_nats::ConnectOptions::new().event_callback(move |event| {
+            events.record(&event);
+            std::future::ready(())
+        });
         if let Some(signer) = &options.security.signer {
             connect = connect.nkey(signer.key().seed());
         }
@@ -113,6 +154,11 @@ impl Client {
                 .await
             {
                 Ok(Ok(nats)) => nats,
+                Ok(Err(err))
+                    if err.kind() == async_nats::ConnectErrorKind::AuthorizationViolation =>
+                {
+                    return Err(ClientError::Refused { brokers, reason: err.to_string() });
+                }
                 Ok(Err(err)) => {
                     return Err(ClientError::Connect { brokers, reason: err.to_string() });
                 }
@@ -120,7 +166,14 @@ impl Client {
                     return Err(ClientError::Connect { brokers, reason: "timed out".to_owned() });
                 }
             };
-        Ok(Client { nats, options })
+        Ok(Client { nats, options, link })
+    }
+
+    /// Calls that lose the broker wait `grace` for replies before they end (the client's
+    /// [`ClientOptions::lost_grace`]).
+    pub fn with_lost_grace(mut self, grace: Duration) -> Client {
+        self.options.lost_grace = grace;
+        self
     }
 
     /// The caller id requests carry.
@@ -178,6 +231,7 @@ impl Client {
             ttl,
             filter,
             body,
+            reply_to: None,
         }
     }
 
@@ -189,7 +243,9 @@ impl Client {
         call: &Call,
         reply_to: Option<&str>,
     ) -> Result<RequestId, ClientError> {
-        let (id, request) = self.call_request(call, reply_to.is_some());
+        let (id, mut request) = self.call_request(call, reply_to.is_some());
+        // Secure nodes reply only where the signature says.
+        request.reply_to = reply_to.map(str::to_owned);
         let bytes: bytes::Bytes = self.encode(&request).into();
         for subject in subjects(call) {
             let sent = match reply_to {

@@ -29,7 +29,13 @@ pub struct ClientOptions {
     /// Where the counts of earlier discoveries are kept ([`History`]); without it every
     /// discovery holds to its `--dt`.
     pub history: Option<Arc<History>>,
+    /// How long a call that lost its broker connection still waits for replies (the
+    /// connection may come back), before it ends and reports the loss ([`DEFAULT_LOST_GRACE`]).
+    pub lost_grace: Duration,
 }
+
+/// How long a call waits for replies after losing the broker, by default.
+pub const DEFAULT_LOST_GRACE: Duration = Duration::from_secs(5);
 
 /// How the client proves who it is and checks who answers.
 #[derive(Debug, Clone, Default)]
@@ -67,9 +73,24 @@ pub enum ClientError {
     /// A broker URL is not one.
     #[error("invalid broker URL {0:?}")]
     BrokerUrl(String),
-    /// The broker refused a subscription or publication.
+    /// The bus failed a subscription or publication.
     #[error("bus error: {0}")]
     Bus(String),
+    /// The broker refused one of the call's publications or subscriptions: the credential's
+    /// role does not allow it (a node credential used by a client, say).
+    #[error("the broker refused this call: {0} (does this credential's role allow it?)")]
+    Denied(String),
+    /// The broker refused this client's login, or ended it.
+    #[error("the broker at {brokers} refused this client's credential: {reason}")]
+    Refused {
+        /// The URLs tried.
+        brokers: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// This client's own credential cannot be used (expired, not yet valid, revoked).
+    #[error("this client's credential cannot be used: {0}")]
+    Credential(String),
 }
 
 /// Discovery settings; docs/discovery.md has the rule they feed.
@@ -159,6 +180,9 @@ pub struct Discovered {
     pub shortfall: Option<Shortfall>,
     /// Why this discovery's count could not be recorded in the history, if it could not.
     pub history_error: Option<String>,
+    /// The broker (its URLs) when the connection to it was lost while discovering: nodes may
+    /// be missing, and the count is not recorded.
+    pub lost_broker: Option<String>,
 }
 
 impl Discovered {
@@ -245,6 +269,7 @@ impl CallResult {
         stats.unexpected.sort();
         stats.unverified.extend(more.unverified);
         stats.request_time += more.request_time;
+        stats.lost_broker = stats.lost_broker.take().or(more.lost_broker);
     }
 
     /// A result with nothing in it, to absorb batches into.
@@ -262,6 +287,7 @@ impl CallResult {
                 unverified: Vec::new(),
                 start_time: SystemTime::now(),
                 request_time: Duration::ZERO,
+                lost_broker: None,
             },
         }
     }
@@ -290,4 +316,7 @@ pub struct CallStats {
     pub start_time: SystemTime,
     /// From publishing to the last reply (or the timeout).
     pub request_time: Duration,
+    /// The broker (its URLs) when the connection to it was lost during the call: replies
+    /// may be missing, whether or not it came back.
+    pub lost_broker: Option<String>,
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cohort_ddl::validate_inputs;
 use cohort_proto::{
     AgentName, Collective, DISCOVERY_AGENT, Identity, PROTOCOL, Reply, Request, StatusCode,
-    VERSION, now_ms,
+    VERSION, now_ms, reply_subject,
 };
 use cohort_security::Unsealed;
 use serde_json::{Map, Value};
@@ -217,7 +217,8 @@ impl NodeState {
     }
 
     /// Runs the whole pipeline for one message received at `now`.
-    pub async fn handle(&self, payload: &[u8], now: SystemTime) -> Handled {
+    /// `reply` is the subject the message asks replies on.
+    pub async fn handle(&self, payload: &[u8], reply: Option<&str>, now: SystemTime) -> Handled {
         Stats::bump(&self.stats.total);
         let started = Instant::now();
         let (request, unsealed) = match self.decode(payload) {
@@ -285,6 +286,12 @@ impl NodeState {
             tracing::info!(node = %self.identity, request = %request.id, "ignoring it: {reason}");
             self.refuse(Some(&request), verified, &reason, now);
             return Handled::Ignored("expired");
+        }
+        if let Some(refusal) = self.security.as_ref().and_then(|_| self.unbound(&request, reply)) {
+            Stats::bump(&self.stats.replayed);
+            tracing::warn!(node = %self.identity, caller = %request.caller, "refusing: {refusal}");
+            self.refuse(Some(&request), verified, &refusal, now);
+            return Handled::Ignored("replayed");
         }
         if let Some(security) = &self.security {
             let expires = request.time + i64::from(request.ttl) * 1000 + skew_ms;
@@ -414,6 +421,37 @@ impl NodeState {
             return Err(self.unverified("unverified", reason, None));
         }
         Ok(())
+    }
+
+    /// Why a verified request cannot be run as sent, if it cannot: its signature must cover
+    /// where its reply goes, and the replay cache of this process must have seen everything
+    /// that could be a replay of it.
+    ///
+    /// The reply subject is the one the request signs (`reply_to`), or else the caller's own
+    /// (`C.reply.<caller-hash>.<id>`, which only the caller may read): a captured request
+    /// republished with another reply subject is refused, so nobody but its caller reads its
+    /// reply. A request created before this daemon started may have run in the previous
+    /// process, whose replay cache is gone: it is refused. The price is that a caller whose
+    /// clock lags this node's by `d` sees its requests refused during the first `d` after a
+    /// restart (audited with this reason), instead of a replay window of the clock skew
+    /// allowed after every restart.
+    fn unbound(&self, request: &Request, reply: Option<&str>) -> Option<String> {
+        let started = now_ms(self.started);
+        if request.time < started {
+            return Some(format!(
+                "request created {} ms before this daemon started: it may have run before the \
+                 restart (check the caller's clock if this was not a replay)",
+                started - request.time
+            ));
+        }
+        let reply = reply?;
+        let signed = match &request.reply_to {
+            Some(subject) => std::borrow::Cow::Borrowed(subject.as_str()),
+            None => reply_subject(&request.collective, &request.caller, &request.id).into(),
+        };
+        (reply != signed).then(|| {
+            format!("reply subject {reply:?} is not the one the request signs ({signed:?})")
+        })
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<Request, Refusal> {

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use cohort_proto::{
     PROTOCOL, Registration, VERSION, broadcast_subject, node_subject, now_ms, registration_subject,
 };
-use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
+use tokio_stream::{StreamExt, StreamMap};
 
 use crate::agent::Agent;
 use crate::external::{self, LoadError};
@@ -216,18 +216,63 @@ pub fn reconnect_delay(attempt: usize, jitter: f64) -> Duration {
         .mul_f64(jitter)
 }
 
-async fn subscribe(
-    client: &async_nats::Client,
-    state: &NodeState,
-) -> Result<Vec<async_nats::Subscriber>, async_nats::SubscribeError> {
-    let mut subs = Vec::new();
-    for collective in &state.collectives {
-        for agent in state.agent_names() {
-            subs.push(client.subscribe(broadcast_subject(collective, &agent)).await?);
-        }
-        subs.push(client.subscribe(node_subject(collective, &state.identity)).await?);
+/// The node's subscriptions, by subject. A reload or an agent's activation changing touches
+/// only the subjects that changed: a subscription kept is never dropped with requests still in
+/// its buffer, and a subscription removed is unsubscribed and then read to its end, so a
+/// request that reached it before the reload is still answered (as an unknown agent, if so).
+struct Subscriptions {
+    streams: StreamMap<String, async_nats::Subscriber>,
+}
+
+impl Subscriptions {
+    async fn new(
+        client: &async_nats::Client,
+        state: &NodeState,
+    ) -> Result<Subscriptions, async_nats::SubscribeError> {
+        let mut subscriptions = Subscriptions { streams: StreamMap::new() };
+        subscriptions.sync(client, state).await?;
+        Ok(subscriptions)
     }
-    Ok(subs)
+
+    /// The subjects `state` should hear now.
+    fn wanted(state: &NodeState) -> Vec<String> {
+        let mut subjects = Vec::new();
+        for collective in &state.collectives {
+            for agent in state.agent_names() {
+                subjects.push(broadcast_subject(collective, &agent));
+            }
+            subjects.push(node_subject(collective, &state.identity));
+        }
+        subjects
+    }
+
+    /// Subscribes to the subjects newly wanted and unsubscribes from those no longer wanted.
+    async fn sync(
+        &mut self,
+        client: &async_nats::Client,
+        state: &NodeState,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let wanted = Subscriptions::wanted(state);
+        for subject in &wanted {
+            if !self.streams.contains_key(subject) {
+                let subscriber = client.subscribe(subject.clone()).await?;
+                self.streams.insert(subject.clone(), subscriber);
+            }
+        }
+        for (subject, subscriber) in self.streams.iter_mut() {
+            if !wanted.contains(subject) {
+                // The stream ends once its buffer is read; the map then drops it.
+                if let Err(err) = subscriber.unsubscribe().await {
+                    tracing::warn!("cannot unsubscribe from {subject}: {err}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        self.streams.next().await.map(|(_, message)| message)
+    }
 }
 
 /// Runs `state` on the bus until a [`Signal::Shutdown`] arrives or `signals` ends.
@@ -238,7 +283,7 @@ pub async fn run(
     mut facts: Option<FactSource>,
     mut signals: tokio::sync::mpsc::Receiver<Signal>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut incoming = futures::stream::select_all(subscribe(&client, &state).await?);
+    let mut incoming = Subscriptions::new(&client, &state).await?;
     let slots = Arc::new(Semaphore::new(options.max_concurrent_actions));
     let mut facts_tick = tokio::time::interval(options.facts_refresh);
     facts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,7 +314,7 @@ pub async fn run(
                 let state = state.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let handled = state.handle(&message.payload, SystemTime::now()).await;
+                    let handled = state.handle(&message.payload, message.reply.as_deref(), SystemTime::now()).await;
                     if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply)
                         && let Err(err) = client.publish(subject, state.reply_bytes(&reply).into()).await
                     {
@@ -286,9 +331,8 @@ pub async fn run(
                         tracing::error!("agent not loaded: {error}");
                     }
                     state.set_agents(agents);
-                    match subscribe(&client, &state).await {
-                        Ok(subs) => incoming = futures::stream::select_all(subs),
-                        Err(err) => tracing::error!("resubscribing after reload failed: {err}"),
+                    if let Err(err) = incoming.sync(&client, &state).await {
+                        tracing::error!("resubscribing after reload failed: {err}");
                     }
                     refresh_facts(&state, facts.as_mut());
                     if let (Some(security), Some(policies)) = (state.security(), &options.policies) {
@@ -310,9 +354,8 @@ pub async fn run(
             _ = facts_tick.tick() => {
                 refresh_facts(&state, facts.as_mut());
                 if state.refresh_activation() {
-                    match subscribe(&client, &state).await {
-                        Ok(subs) => incoming = futures::stream::select_all(subs),
-                        Err(err) => tracing::error!("resubscribing after an agent's activation changed: {err}"),
+                    if let Err(err) = incoming.sync(&client, &state).await {
+                        tracing::error!("resubscribing after an agent's activation changed: {err}");
                     }
                     tracing::info!(agents = ?state.agent_names(), "active agents changed");
                 }

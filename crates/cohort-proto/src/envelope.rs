@@ -46,6 +46,11 @@ pub struct Request {
     pub filter: Filter,
     /// What to do.
     pub body: RpcBody,
+    /// Where replies go, when not to the caller's own reply subject
+    /// (`C.reply.<caller-hash>.<id>`). Signed with the rest, so a secure node refuses the
+    /// request from a message asking replies anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 /// The action and its inputs.

@@ -69,6 +69,7 @@ async fn client(url: &str, security: &ClientSecurity, history: &std::path::Path)
         connect_timeout: Duration::from_secs(10),
         security: security.clone(),
         history: Some(std::sync::Arc::new(History::open(history).0)),
+        lost_grace: cohort_client::DEFAULT_LOST_GRACE,
     })
     .await
     .unwrap()

@@ -25,6 +25,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Calls that lose the broker wait `grace` for replies before they end.
+    pub(crate) fn with_lost_grace(mut self, grace: std::time::Duration) -> Session {
+        self.client = self.client.with_lost_grace(grace);
+        self
+    }
+
     /// The broker connection.
     pub(crate) fn nats(&self) -> &async_nats::Client {
         self.client.nats()

@@ -3,7 +3,8 @@
 //!
 //! SIGHUP re-reads the users (configuration file and `--keys`): new credentials are admitted,
 //! and connected clients no longer admitted, or admitted with other permissions, are
-//! disconnected. With `--keys DIR`, every valid credential in the key directory becomes an nkey user with the
+//! disconnected. A credential's end of validity needs no reload: the broker refuses it from
+//! then on and disconnects its holder within a second. With `--keys DIR`, every valid credential in the key directory becomes an nkey user with the
 //! permissions of its role (cohort_security::roles): nodes hear broadcasts and their own
 //! subject and send only replies and registrations, clients send requests and hear only their
 //! own replies. The same users, rendered for nats-server, make a nats-server cluster enforce
@@ -84,7 +85,11 @@ pub(crate) fn role_users(dir: &Path) -> anyhow::Result<Vec<(String, User)>> {
                 continue;
             }
         };
-        let user = user_for(claims.role, &claims.name, &claims.key);
+        // The broker cuts the holder off when the credential ends, without a reload.
+        let user = User {
+            expires: Some(claims.not_after),
+            ..user_for(claims.role, &claims.name, &claims.key)
+        };
         users.push((format!("{} (serial {})", claims.caller(), claims.serial), user));
     }
     Ok(users)

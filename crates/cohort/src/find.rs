@@ -45,5 +45,11 @@ pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
             discovered.elapsed.as_secs_f64()
         )?;
     }
-    Ok(if discovered.nodes.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if discovered.lost_broker.is_some() {
+        ExitCode::from(crate::output::EXIT_LOST_BROKER)
+    } else if discovered.nodes.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -213,8 +213,20 @@ fn main() -> ExitCode {
         Err(err) => {
             // Not eprintln!: it panics when stderr cannot be written (a full disk).
             let _ = writeln!(std::io::stderr(), "cohort: error: {err:#}");
-            ExitCode::FAILURE
+            error_exit_code(&err)
         }
+    }
+}
+
+/// The exit code for a command that failed: the broker's refusals have their own codes
+/// (docs/reference/cli.md), so scripts can tell "not allowed" from "not reachable".
+fn error_exit_code(err: &anyhow::Error) -> ExitCode {
+    use cohort_client::ClientError;
+    let client = err.chain().find_map(|cause| cause.downcast_ref::<ClientError>());
+    match client {
+        Some(ClientError::Denied(_)) => ExitCode::from(6),
+        Some(ClientError::Refused { .. } | ClientError::Credential(_)) => ExitCode::from(7),
+        _ => ExitCode::FAILURE,
     }
 }
 

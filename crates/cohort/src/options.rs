@@ -2,6 +2,7 @@
 //! library's configuration resolution (`cohort_client::config`: flags > `COHORT_*`
 //! environment > config file > defaults).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cohort_client::config::{ClientConfig, Overrides};
@@ -185,7 +186,8 @@ impl Settings {
             .unwrap_or_else(|| "localhost".to_owned());
         let (options, warnings) = self.config.client_options(format!("user={user}"), sender);
         for warning in warnings {
-            eprintln!("warning: {warning}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "warning: {warning}");
         }
         Ok(cohort_client::Client::connect(options).await?)
     }

@@ -86,7 +86,32 @@ pub(crate) fn discovery_notes(
     if let Some(error) = &discovered.history_error {
         writeln!(err, "warning: cannot record the discovery count: {error}")?;
     }
+    if let Some(broker) = &discovered.lost_broker {
+        writeln!(
+            err,
+            "cohort: error: lost the broker at {broker} during discovery: nodes may be missing"
+        )?;
+    }
     Ok(())
+}
+
+/// Exit code of a command that lost its broker connection on the way: what it printed may
+/// be incomplete (docs/reference/cli.md).
+pub(crate) const EXIT_LOST_BROKER: u8 = 5;
+
+/// Says on stderr that the call lost its broker, if it did; true when it did.
+pub(crate) fn lost_broker_note(
+    err: &mut dyn Write,
+    result: &cohort_client::CallResult,
+) -> std::io::Result<bool> {
+    let Some(broker) = &result.stats.lost_broker else { return Ok(false) };
+    let missing = result.stats.no_responses.len();
+    let replies = if missing == 1 { "reply" } else { "replies" };
+    writeln!(
+        err,
+        "cohort: error: lost the broker at {broker} during the call: {missing} {replies} may be missing"
+    )?;
+    Ok(true)
 }
 
 pub(crate) fn ms(duration: Duration) -> f64 {

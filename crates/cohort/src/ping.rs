@@ -92,9 +92,14 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     }
     crate::output::discovery_notes(io.err, &discovered)?;
     writeln!(io.out, "\n\n---- ping statistics ----")?;
+    let lost = discovered.lost_broker.is_some();
     if times.is_empty() {
         writeln!(io.out, "No responses received")?;
-        return Ok(ExitCode::FAILURE);
+        return Ok(if lost {
+            ExitCode::from(crate::output::EXIT_LOST_BROKER)
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let max = times.iter().max().copied().unwrap_or_default();
     let min = times.iter().min().copied().unwrap_or_default();
@@ -111,7 +116,7 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     if args.graph {
         writeln!(io.out, "\n{:.2} ms |{}| {:.2} ms", ms(min), sparkline(&times, 20), ms(max))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if lost { ExitCode::from(crate::output::EXIT_LOST_BROKER) } else { ExitCode::SUCCESS })
 }
 
 #[cfg(test)]

@@ -226,44 +226,26 @@ impl Fleet for Bus {
         data: Map<String, Value>,
     ) -> Result<Answer, String> {
         let identity = Identity::new(node).map_err(|err| format!("{node:?}: {err}"))?;
-        let filter = Filter::default();
-        let call = self.session.call_quietly(
-            agent,
-            &filter,
-            action,
-            data,
-            Some(BTreeSet::from([identity])),
-        );
-        tokio::pin!(call);
         // A request published while the broker connection was down may never have reached the
         // node, and its reply would be waited for until the action's timeout (minutes for a
-        // Puppet run). Once the connection was seen lost, the reply gets LOST_GRACE more; then
-        // the call counts as failed and the step is retried.
-        let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
-        let connects =
-            || self.session.nats().statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-        let before = connects();
-        let mut lost: Option<tokio::time::Instant> = None;
-        let result = loop {
-            tokio::select! {
-                result = &mut call => break result.map_err(|err| format!("{err:#}"))?.1,
-                _ = watch.tick() => {
-                    // A reconnection (however brief) or a connection down now.
-                    let down = self.session.nats().connection_state() != async_nats::connection::State::Connected;
-                    if lost.is_none() && (down || connects() != before) {
-                        lost = Some(tokio::time::Instant::now());
-                    }
-                    if lost.is_some_and(|at| at.elapsed() > LOST_GRACE) {
-                        return Err(format!(
-                            "lost the broker during the call; no reply from {node} within {} s of reconnecting",
-                            LOST_GRACE.as_secs()
-                        ));
-                    }
-                }
-            }
+        // Puppet run): the client ends a call LOST_GRACE after losing the broker, and the step
+        // is retried.
+        let (_, result) = self
+            .session
+            .call_quietly(agent, &Filter::default(), action, data, Some(BTreeSet::from([identity])))
+            .await
+            .map_err(|err| format!("{err:#}"))?;
+        let lost = result.stats.lost_broker.clone();
+        let Some(reply) = result.replies.into_iter().next() else {
+            return Err(match lost {
+                Some(broker) => format!(
+                    "lost the broker at {broker} during the call; no reply from {node} within {} s",
+                    LOST_GRACE.as_secs()
+                ),
+                None => format!("no reply from {node}"),
+            });
         };
-        let reply =
-            result.replies.into_iter().next().ok_or_else(|| format!("no reply from {node}"))?.reply;
+        let reply = reply.reply;
         Ok(Answer { status: reply.status, message: reply.status_message, data: reply.data })
     }
 }
@@ -292,7 +274,7 @@ async fn serve(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let session = Session::open(common, &Filter::default()).await?;
+    let session = Session::open(common, &Filter::default()).await?.with_lost_grace(LOST_GRACE);
     let metrics = ProvisionMetrics::default();
     if let Some(address) = &config.metrics {
         let metrics = metrics.clone();

@@ -283,6 +283,9 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
         } else if args.jsonl {
             writeln!(io.out, "{}", summary_json(&discovered, None, &[]))?;
         }
+        if discovered.lost_broker.is_some() {
+            return Ok(ExitCode::from(crate::output::EXIT_LOST_BROKER));
+        }
         return Ok(ExitCode::from(1));
     }
     bar.borrow().finish_and_clear();
@@ -316,6 +319,9 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
             &args.action,
             args.sort,
         )?;
+    }
+    if crate::output::lost_broker_note(io.err, &result)? || discovered.lost_broker.is_some() {
+        return Ok(ExitCode::from(crate::output::EXIT_LOST_BROKER));
     }
     Ok(exit_code(&discovered, &result))
 }

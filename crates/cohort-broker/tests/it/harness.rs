@@ -161,6 +161,7 @@ fn cohort_config(setup: &Setup) -> Config {
                             deny: user.subscribe_deny.clone(),
                         },
                     }),
+                    expires: None,
                 })
                 .collect(),
         });

@@ -75,12 +75,13 @@ fn request(agent: &str, action: &str, data: &str, filter: Filter, time: SystemTi
             data: serde_json::from_str(data).unwrap(),
             process_results: true,
         },
+        reply_to: None,
     }
     .to_bytes()
 }
 
 async fn reply(node: &NodeState, bytes: &[u8]) -> Reply {
-    match node.handle(bytes, SystemTime::now()).await {
+    match node.handle(bytes, None, SystemTime::now()).await {
         Handled::Reply(reply) => *reply,
         other => panic!("expected a reply, got {other:?}"),
     }
@@ -127,20 +128,20 @@ async fn discovery_filters_and_expiry() {
         ..Filter::default()
     };
     assert!(matches!(
-        node.handle(&request("discovery", "ping", "{}", other_country, now), now).await,
+        node.handle(&request("discovery", "ping", "{}", other_country, now), None, now).await,
         Handled::Ignored("filtered")
     ));
     let old = now - Duration::from_secs(61);
     assert!(matches!(
-        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), old), now).await,
+        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), old), None, now).await,
         Handled::Ignored("expired")
     ));
     let future = now + Duration::from_secs(120);
     assert!(matches!(
-        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), future), now).await,
+        node.handle(&request("rpcutil", "ping", "{}", Filter::default(), future), None, now).await,
         Handled::Ignored("expired")
     ));
-    assert!(matches!(node.handle(b"{not json", now).await, Handled::Ignored("undecodable")));
+    assert!(matches!(node.handle(b"{not json", None, now).await, Handled::Ignored("undecodable")));
     assert_eq!(Stats::get(&node.stats.total), 5);
     assert_eq!(Stats::get(&node.stats.ttl_expired), 2);
     assert_eq!(Stats::get(&node.stats.filtered), 1);
@@ -224,6 +225,64 @@ mod secure {
     }
 
     #[tokio::test]
+    async fn replies_go_only_where_signed_and_nothing_from_before_the_start_runs() {
+        let issuer = SecretKey::generate(KeyKind::Issuer, [1; 32]);
+        let node = secure_node(&issuer);
+        let alice = member(&issuer, "alice", Role::Client, 2);
+        let now = SystemTime::now();
+        let own = |id: u8| {
+            cohort_proto::reply_subject(
+                &Collective::new("cohort").unwrap(),
+                "client=alice",
+                &RequestId::from_random([id; 16]),
+            )
+        };
+
+        // Alice's own reply subject, derived from what she signed: served.
+        let bytes = signed(&alice, "client=alice", "echo", 11);
+        assert!(matches!(node.handle(&bytes, Some(&own(11)), now).await, Handled::Reply(_)));
+        // The same bytes republished with a thief's reply subject: refused, nothing runs.
+        let bytes = signed(&alice, "client=alice", "echo", 12);
+        let stolen = format!("cohort.reply.{}.x", cohort_proto::caller_hash("client=mallory"));
+        assert!(matches!(
+            node.handle(&bytes, Some(&stolen), now).await,
+            Handled::Ignored("replayed")
+        ));
+        // Refused before the replay cache: the genuine message still runs after the theft.
+        assert!(matches!(node.handle(&bytes, Some(&own(12)), now).await, Handled::Reply(_)));
+        // A reply subject of her choice is served only when she signed it.
+        let mut request: Request = serde_json::from_slice(&request(
+            "fake",
+            "echo",
+            r#"{"msg": "hi"}"#,
+            Filter::default(),
+            now,
+        ))
+        .unwrap();
+        request.caller = "client=alice".to_owned();
+        request.id = RequestId::from_random([13; 16]);
+        request.reply_to = Some("elsewhere.inbox".to_owned());
+        let chosen = alice.seal(&String::from_utf8(request.to_bytes()).unwrap());
+        assert!(matches!(node.handle(&chosen, Some(&own(13)), now).await, Handled::Ignored(_)));
+        assert!(matches!(
+            node.handle(&chosen, Some("elsewhere.inbox"), now).await,
+            Handled::Reply(_)
+        ));
+
+        // Created before the daemon started: its replay cache may not have it.
+        let mut old: Request =
+            serde_json::from_slice(&request_at(now - Duration::from_secs(5))).unwrap();
+        old.caller = "client=alice".to_owned();
+        let old = alice.seal(&String::from_utf8(old.to_bytes()).unwrap());
+        assert!(matches!(node.handle(&old, None, now).await, Handled::Ignored("replayed")));
+        assert_eq!(node.stats.replayed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    fn request_at(time: SystemTime) -> Vec<u8> {
+        request("fake", "echo", r#"{"msg": "hi"}"#, Filter::default(), time)
+    }
+
+    #[tokio::test]
     async fn verify_replay_authorize_and_sign() {
         let issuer = SecretKey::generate(KeyKind::Issuer, [1; 32]);
         let node = secure_node(&issuer);
@@ -240,13 +299,13 @@ mod secure {
         let opened = cohort_security::open(&out, &trust, now_ms(now) / 1000).unwrap();
         assert_eq!(opened.signer.caller, "node=node1");
 
-        assert!(matches!(node.handle(&bytes, now).await, Handled::Ignored("replayed")));
+        assert!(matches!(node.handle(&bytes, None, now).await, Handled::Ignored("replayed")));
         let unsigned = request("fake", "echo", r#"{"msg": "hi"}"#, Filter::default(), now);
-        assert!(matches!(node.handle(&unsigned, now).await, Handled::Ignored("unsigned")));
+        assert!(matches!(node.handle(&unsigned, None, now).await, Handled::Ignored("unsigned")));
         let impostor = signed(&alice, "client=bob", "echo", 2);
-        assert!(matches!(node.handle(&impostor, now).await, Handled::Ignored("unverified")));
+        assert!(matches!(node.handle(&impostor, None, now).await, Handled::Ignored("unverified")));
         let from_node = signed(&member(&issuer, "n2", Role::Node, 4), "node=n2", "echo", 3);
-        assert!(matches!(node.handle(&from_node, now).await, Handled::Ignored("unverified")));
+        assert!(matches!(node.handle(&from_node, None, now).await, Handled::Ignored("unverified")));
 
         let denied = reply(&node, &signed(&bob, "client=bob", "echo", 4)).await;
         assert_eq!(denied.status, StatusCode::Aborted);
@@ -302,14 +361,23 @@ mod secure {
             ..Filter::default()
         };
         let forged_elsewhere = with_filter(elsewhere.clone(), 10, true);
-        assert!(matches!(node.handle(&forged_elsewhere, now).await, Handled::Ignored("filtered")));
+        assert!(matches!(
+            node.handle(&forged_elsewhere, None, now).await,
+            Handled::Ignored("filtered")
+        ));
         assert_eq!(Stats::get(&node.stats.unverified), 0);
         let forged_here = with_filter(here.clone(), 11, true);
-        assert!(matches!(node.handle(&forged_here, now).await, Handled::Ignored("unverified")));
+        assert!(matches!(
+            node.handle(&forged_here, None, now).await,
+            Handled::Ignored("unverified")
+        ));
         assert_eq!(Stats::get(&node.stats.unverified), 1);
         assert_eq!(reply(&node, &with_filter(here, 12, false)).await.status, StatusCode::Ok);
         let genuine_elsewhere = with_filter(elsewhere, 13, false);
-        assert!(matches!(node.handle(&genuine_elsewhere, now).await, Handled::Ignored("filtered")));
+        assert!(matches!(
+            node.handle(&genuine_elsewhere, None, now).await,
+            Handled::Ignored("filtered")
+        ));
         assert_eq!(Stats::get(&node.stats.filtered), 2);
         assert_eq!(Stats::get(&node.stats.passed), 1);
     }

@@ -98,6 +98,7 @@ async fn a_node_slow_to_answer_discovery_is_still_counted() {
             tls_ca: None,
         },
         history: None,
+        lost_grace: cohort_client::DEFAULT_LOST_GRACE,
     })
     .await
     .unwrap();
