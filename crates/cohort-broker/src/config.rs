@@ -32,6 +32,15 @@ pub struct Config {
     /// subscriptions exceeded'`, the connection kept), so one client cannot grow the broker's
     /// memory without bound.
     pub max_subscriptions: usize,
+    /// Most connections one user (nkey or name) may have open at once, as a nats-server
+    /// account limit: more are refused (`-ERR 'maximum account active connections
+    /// exceeded'`).
+    pub max_user_connections: usize,
+    /// Most subscriptions one user may hold over all its connections; more are refused
+    /// (`-ERR 'maximum subscriptions exceeded'`, the connection kept). With
+    /// `max_subscriptions`, this bounds what one credential can make the broker hold however
+    /// many connections it opens.
+    pub max_user_subscriptions: usize,
     /// How long one write to a client may take before it is disconnected as a slow consumer.
     #[serde(with = "humantime_serde")]
     pub write_deadline: Duration,
@@ -64,6 +73,8 @@ impl Default for Config {
             max_connections: 64 * 1024,
             max_pending: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
+            max_user_connections: 1024,
+            max_user_subscriptions: 100_000,
             write_deadline: Duration::from_secs(10),
             ping_interval: Duration::from_secs(120),
             max_pings_out: 2,
@@ -175,6 +186,12 @@ impl Config {
         }
         if self.max_subscriptions == 0 {
             return Err(invalid("max_subscriptions", "must be at least 1"));
+        }
+        if self.max_user_connections == 0 {
+            return Err(invalid("max_user_connections", "must be at least 1"));
+        }
+        if self.max_user_subscriptions == 0 {
+            return Err(invalid("max_user_subscriptions", "must be at least 1"));
         }
         if self.max_pending < self.max_payload {
             return Err(invalid("max_pending", "must be at least max_payload"));

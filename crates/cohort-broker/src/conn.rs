@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Grants;
-use crate::server::Shared;
+use crate::server::{Shared, UserUsage};
 
 /// Buffered output is written out once it reaches this size, so a large backlog goes out in
 /// several writes rather than one huge buffer.
@@ -117,6 +117,26 @@ pub(crate) struct Subscription {
     /// Deliveries after which the subscription ends; 0 for none.
     max: AtomicU64,
     delivered: AtomicU64,
+    /// The user it counts against, released when the last reference goes (however the
+    /// subscription ended: UNSUB, auto-unsubscribe, disconnection).
+    usage: Option<Arc<UserUsage>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(usage) = &self.usage {
+            usage.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A user's connection slot, released when the connection task ends.
+struct UserSlot(Arc<UserUsage>);
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl crate::index::Keyed for Arc<Subscription> {
@@ -143,6 +163,8 @@ struct Conn {
     rng: rand::rngs::SmallRng,
     /// When the login stops being valid (Unix seconds), for a credential with an end.
     expires: Option<i64>,
+    /// The logged-in user's connection slot, for the per-user limits.
+    user: Option<UserSlot>,
 }
 
 /// Serves one accepted TCP connection until it closes or the broker stops.
@@ -208,6 +230,7 @@ pub(crate) async fn serve(
         pings_out: 0,
         rng,
         expires: None,
+        user: None,
     };
     match &shared.tls {
         Some(acceptor) => {
@@ -493,6 +516,20 @@ impl Conn {
             self.err("Authorization Violation".to_owned());
             return Some(Stop::Flush);
         };
+        if let Some(name) = &identity.name {
+            let usage = self.shared.usage(name);
+            let slot = UserSlot(usage.clone());
+            if usage.connections.fetch_add(1, Ordering::Relaxed)
+                >= self.shared.config.max_user_connections
+            {
+                drop(slot);
+                self.shared.counters.user_limits_refused.inc();
+                tracing::info!(client = self.id, user = %name, "too many connections for one user");
+                self.err("maximum account active connections exceeded".to_owned());
+                return Some(Stop::Flush);
+            }
+            self.user = Some(slot);
+        }
         tracing::debug!(client = self.id, name = ?connect.name, user = ?identity.name, "connected");
         let _ = self.out.peer.set(Peer { grants: identity.grants });
         self.expires = identity.expires;
@@ -547,6 +584,16 @@ impl Conn {
         }
         // nats-server ignores a SUB that reuses a live sid; so do we.
         if !self.subs.contains_key(&sid) {
+            let usage = self.user.as_ref().map(|slot| slot.0.clone());
+            if let Some(usage) = &usage
+                && usage.subscriptions.fetch_add(1, Ordering::Relaxed)
+                    >= self.shared.config.max_user_subscriptions
+            {
+                usage.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                self.shared.counters.user_limits_refused.inc();
+                self.err("maximum subscriptions exceeded".to_owned());
+                return;
+            }
             let sub = Arc::new(Subscription {
                 id: self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed),
                 out: self.out.clone(),
@@ -555,6 +602,7 @@ impl Conn {
                 queue,
                 max: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
+                usage,
             });
             write_index(&self.shared).insert(&sub.subject, sub.queue.as_deref(), sub.clone());
             self.shared.counters.subscriptions.inc();

@@ -19,6 +19,7 @@ pub struct Counters {
     pub(crate) connections: Gauge,
     pub(crate) subscriptions: Gauge,
     pub(crate) subscriptions_refused: Counter,
+    pub(crate) user_limits_refused: Counter,
     pub(crate) msgs_in: Counter,
     pub(crate) msgs_out: Counter,
     pub(crate) bytes_in: Counter,
@@ -38,6 +39,9 @@ pub struct Snapshot {
     pub subscriptions: i64,
     /// Subscriptions refused for `max_subscriptions`.
     pub subscriptions_refused: u64,
+    /// Connections and subscriptions refused for a user's limits (`max_user_connections`,
+    /// `max_user_subscriptions`).
+    pub user_limits_refused: u64,
     /// Messages received from clients.
     pub msgs_in: u64,
     /// Messages delivered to clients.
@@ -60,6 +64,7 @@ impl Counters {
             connections: self.connections.get(),
             subscriptions: self.subscriptions.get(),
             subscriptions_refused: self.subscriptions_refused.get(),
+            user_limits_refused: self.user_limits_refused.get(),
             msgs_in: self.msgs_in.get(),
             msgs_out: self.msgs_out.get(),
             bytes_in: self.bytes_in.get(),
@@ -83,6 +88,11 @@ impl Counters {
             "subscriptions_refused",
             "Subscriptions refused over max_subscriptions",
             self.subscriptions_refused.clone(),
+        );
+        registry.register(
+            "user_limits_refused",
+            "Connections and subscriptions refused over a user's limits",
+            self.user_limits_refused.clone(),
         );
         registry.register("messages_in", "Messages received from clients", self.msgs_in.clone());
         registry.register("messages_out", "Messages delivered to clients", self.msgs_out.clone());

@@ -55,10 +55,26 @@ pub(crate) struct Shared {
     pub(crate) next_sub_id: AtomicU64,
     /// Connections open now, checked against `max_connections` on accept.
     pub(crate) open: AtomicUsize,
+    /// What each logged-in user holds, against the per-user limits. Keyed by the names the
+    /// authorization admits, so bounded by it.
+    pub(crate) users: std::sync::Mutex<std::collections::HashMap<String, Arc<UserUsage>>>,
     pub(crate) local_addr: SocketAddr,
 }
 
+/// Connections and subscriptions one user holds now.
+#[derive(Debug, Default)]
+pub(crate) struct UserUsage {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) subscriptions: AtomicUsize,
+}
+
 impl Shared {
+    /// The usage record of user `name`.
+    pub(crate) fn usage(&self, name: &str) -> Arc<UserUsage> {
+        let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        users.entry(name.to_owned()).or_default().clone()
+    }
+
     /// The authorization in force.
     pub(crate) fn auth(&self) -> Arc<Auth> {
         self.auth.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -132,6 +148,7 @@ impl Broker {
             next_client_id: AtomicU64::new(1),
             next_sub_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
+            users: std::sync::Mutex::default(),
             local_addr,
         });
         Ok(Broker { listener, metrics_listener, shared })

@@ -174,8 +174,11 @@ fn read_file(path: &Path) -> Result<ClientFile, ConfigError> {
     {
         *history = base.join(&*history);
     }
+    // An entry is an issuer key (`O…`) or a file holding one; a file name, even without a
+    // slash (`issuer.pub` next to this file), is relative to this file.
     for issuer in &mut file.issuers {
-        if issuer.contains('/') && Path::new(issuer.as_str()).is_relative() {
+        let key = cohort_security::PublicKey::parse(cohort_security::KeyKind::Issuer, issuer);
+        if key.is_err() && Path::new(issuer.as_str()).is_relative() {
             *issuer = base.join(issuer.as_str()).display().to_string();
         }
     }
@@ -377,6 +380,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_env.brokers, ["nats://e:2"]);
+    }
+
+    #[test]
+    fn an_issuer_file_name_is_relative_to_the_file_and_a_key_stays_a_key() {
+        let key = cohort_security::SecretKey::generate(cohort_security::KeyKind::Issuer, [3; 32]);
+        let public = key.public().as_str().to_owned();
+        let (dir, path) = write(&format!("issuers = [\"issuer.pub\", \"{public}\"]\n"));
+        let file = read_file(&path).unwrap();
+        assert_eq!(file.issuers, [dir.path().join("issuer.pub").display().to_string(), public]);
     }
 
     #[test]

@@ -117,7 +117,13 @@ impl ExternalAgent {
             "timeout": request.timeout.as_secs_f64(),
             "data": request.data,
         });
-        let mut command = tokio::process::Command::new(&self.executable);
+        // Its own cgroup where there is one to have: at the deadline everything it started
+        // dies, even what left its process group with setsid.
+        let cgroup = cohort_exec::Cgroup::create();
+        let mut command = match &cgroup {
+            Some(cgroup) => cgroup.command(&self.executable),
+            None => tokio::process::Command::new(&self.executable),
+        };
         command
             .current_dir(self.executable.parent().unwrap_or(Path::new("/")))
             .env("COHORT_AGENT", &request.agent)
@@ -125,8 +131,14 @@ impl ExternalAgent {
             .env("COHORT_REQUEST_ID", request.id.as_str())
             .env("COHORT_CALLER", &request.caller);
         let body = serde_json::to_vec(&input).unwrap_or_default();
-        let finished = match cohort_exec::run(command, Some(body), request.timeout, self.max_output)
-            .await
+        let finished = match cohort_exec::run_in(
+            command,
+            cgroup,
+            Some(body),
+            request.timeout,
+            self.max_output,
+        )
+        .await
         {
             Ok(finished) => finished,
             Err(cohort_exec::ExecError::TimedOut(timeout)) => {

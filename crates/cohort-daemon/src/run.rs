@@ -192,7 +192,12 @@ pub async fn connect(
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers: Vec<async_nats::ServerAddr> =
         urls.iter().filter_map(|url| url.parse().ok()).collect();
+    let link = LinkLog::new(urls.join(", "));
     auth.apply(async_nats::ConnectOptions::new())
+        .event_callback(move |event| {
+            link.record(&event, std::time::Instant::now());
+            std::future::ready(())
+        })
         .name(name)
         .retry_on_initial_connect()
         .reconnect_delay_callback(|attempts| {
@@ -200,6 +205,73 @@ pub async fn connect(
         })
         .connect(servers)
         .await
+}
+
+/// The broker connection's story in the daemon's log, in place of async-nats' own terse
+/// events (`client error: nats: IO error` on every attempt): which broker, since when it is
+/// unreachable and why, at most one line per [`LinkLog::EVERY`] while it stays down.
+#[derive(Clone)]
+struct LinkLog {
+    brokers: String,
+    down: Arc<std::sync::Mutex<Option<Down>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Down {
+    since: std::time::Instant,
+    said: std::time::Instant,
+    attempts: u64,
+}
+
+impl LinkLog {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn new(brokers: String) -> LinkLog {
+        LinkLog { brokers, down: Arc::default() }
+    }
+
+    fn record(&self, event: &async_nats::Event, now: std::time::Instant) {
+        let mut down = self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            async_nats::Event::Connected => match down.take() {
+                Some(was) => tracing::info!(
+                    "reconnected to the broker at {} after {:.0?} down",
+                    self.brokers,
+                    now.duration_since(was.since)
+                ),
+                None => tracing::info!("connected to the broker at {}", self.brokers),
+            },
+            async_nats::Event::Disconnected => {
+                tracing::warn!(
+                    "lost the broker at {}; requests cannot reach this node until it is back \
+                     (reconnecting)",
+                    self.brokers
+                );
+                *down = Some(Down { since: now, said: now, attempts: 0 });
+            }
+            async_nats::Event::ClientError(err) => {
+                let state = down.get_or_insert(Down { since: now, said: now, attempts: 0 });
+                state.attempts += 1;
+                if state.attempts == 1 || now.duration_since(state.said) >= LinkLog::EVERY {
+                    state.said = now;
+                    tracing::warn!(
+                        "cannot reach the broker at {} ({}; {} attempts in {:.0?}); still trying",
+                        self.brokers,
+                        err,
+                        state.attempts,
+                        now.duration_since(state.since)
+                    );
+                }
+            }
+            async_nats::Event::ServerError(err) => {
+                tracing::error!("the broker at {} says: {err}", self.brokers);
+            }
+            async_nats::Event::SlowConsumer(sid) => {
+                tracing::warn!("subscription {sid} cannot keep up; the client dropped messages");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// How long to wait before connection attempt `attempt` (counted from 1, as async-nats does):

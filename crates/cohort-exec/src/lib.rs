@@ -5,6 +5,12 @@
 //!
 //! Used by external agents, the nrpe agent, the boot helper's actions and the resource
 //! providers; [`run_detaching`] is the variant for commands meant to leave a daemon running.
+//! [`run_in`] also kills a [`Cgroup`] the child was started in ([`Cgroup::command`]), which
+//! catches what left the process group with `setsid`.
+
+mod cgroup;
+
+pub use cgroup::Cgroup;
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -55,6 +61,31 @@ const STDERR_CAP: u64 = 64 * 1024;
 
 /// Runs `command` (whose program, arguments, environment and directory the caller set).
 pub async fn run(
+    command: tokio::process::Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    max_stdout: usize,
+) -> Result<Finished, ExecError> {
+    run_in(command, None, stdin, timeout, max_stdout).await
+}
+
+/// [`run`], for a command made by [`Cgroup::command`]: at the end (exit, deadline or output
+/// cap) everything in `cgroup` is killed too, and the cgroup removed.
+pub async fn run_in(
+    command: tokio::process::Command,
+    cgroup: Option<Cgroup>,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    max_stdout: usize,
+) -> Result<Finished, ExecError> {
+    let result = run_group(command, stdin, timeout, max_stdout).await;
+    if let Some(cgroup) = cgroup {
+        cgroup.remove().await;
+    }
+    result
+}
+
+async fn run_group(
     mut command: tokio::process::Command,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -167,6 +198,8 @@ fn kill_group(pgid: Option<u32>) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn sh(script: &str) -> tokio::process::Command {
@@ -206,6 +239,61 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("grandchild {pid} survived");
+    }
+
+    /// Waits until `pid` is gone (or a zombie); false if it still runs after 2 s.
+    fn dies(pid: &str) -> bool {
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_that_left_the_group_dies_with_the_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cgroup = Cgroup::create().expect(
+            "no cgroup v2 directory could be created under this process's cgroup (root on a \
+             system with cgroup2 mounted is needed for this test)",
+        );
+        let cgroup_dir = cgroup.dir().to_owned();
+        let mut command = cgroup.command(Path::new("/bin/sh"));
+        command
+            .arg("-c")
+            .arg(format!("setsid sleep 300 & echo $! > {}; sleep 300", pidfile.display()));
+        let err = run_in(command, Some(cgroup), None, Duration::from_millis(500), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::TimedOut(_)), "{err}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        let escaped = dies(&pid);
+        if !escaped {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(escaped, "the setsid grandchild {pid} survived the timeout");
+        assert!(!cgroup_dir.exists(), "{} left behind", cgroup_dir.display());
+
+        // Without the cgroup, the same grandchild escapes the process group: the reason for it.
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("setsid sleep 300 & echo $! > {}; sleep 300", pidfile.display()));
+        let _ = run(command, None, Duration::from_millis(500), 1024).await;
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        let died = dies(&pid);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(!died, "the process group alone caught a setsid grandchild");
     }
 
     #[tokio::test]

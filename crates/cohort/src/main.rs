@@ -212,10 +212,27 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             // Not eprintln!: it panics when stderr cannot be written (a full disk).
-            let _ = writeln!(std::io::stderr(), "cohort: error: {err:#}");
+            let _ = writeln!(std::io::stderr(), "cohort: error: {}", render(&err));
             error_exit_code(&err)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: library errors often say their
+/// cause in their own message too, and `{:#}` would repeat it.
+fn render(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The exit code for a command that failed: the broker's refusals have their own codes
@@ -244,7 +261,12 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
 /// which panics, and a daemon must not die of its log.
 fn init_logging() {
     let daemon = |c: &str| matches!(c, "broker" | "daemon" | "provision");
-    let default = if std::env::args().nth(1).is_some_and(|c| daemon(&c)) { "info" } else { "warn" };
+    // async-nats logs every connection event at info, tersely; the daemon says them itself.
+    let default = if std::env::args().nth(1).is_some_and(|c| daemon(&c)) {
+        "info,async_nats=warn"
+    } else {
+        "warn,async_nats=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

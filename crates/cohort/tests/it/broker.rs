@@ -208,3 +208,102 @@ fn a_million_subscriptions_are_refused_past_the_limit() {
     let after = rss_kib(broker.child.id());
     assert!(after < before + 100 * 1024, "broker RSS grew from {before} KiB to {after} KiB");
 }
+
+/// A raw client connection logged in as `user`, reading what the broker says.
+struct Raw {
+    writer: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Raw {
+    fn login(addr: SocketAddr, user: &str) -> Raw {
+        use std::io::{BufRead, Write};
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut info = String::new();
+        reader.read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        let mut writer = stream;
+        write!(writer, "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"pw\"}}\r\n")
+            .unwrap();
+        Raw { writer, reader }
+    }
+
+    /// Sends SUBs for `sids` then PING; the broker's lines until PONG (or the close).
+    fn subscribe(&mut self, sids: std::ops::RangeInclusive<u32>) -> Vec<String> {
+        use std::io::{BufRead, Write};
+        let mut batch = String::new();
+        for sid in sids {
+            batch.push_str(&format!("SUB s.{sid} {sid}\r\n"));
+        }
+        batch.push_str("PING\r\n");
+        let _ = self.writer.write_all(batch.as_bytes());
+        let mut said = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                said.push("(closed)".to_owned());
+                return said;
+            }
+            match line.trim_end() {
+                "PONG" => return said,
+                "PING" => {}
+                text => said.push(text.to_owned()),
+            }
+        }
+    }
+}
+
+fn refusals(said: &[String]) -> usize {
+    said.iter().filter(|line| *line == "-ERR 'maximum subscriptions exceeded'").count()
+}
+
+/// Issue 14, item 6, per account: one user's connections and subscriptions are bounded in
+/// all, whatever it spreads them over, with nats-server's errors; what it gives back can be
+/// taken again.
+#[test]
+fn one_user_is_bounded_however_many_connections_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "max_subscriptions = 10\nmax_user_connections = 3\nmax_user_subscriptions = 25\n\
+         [[authorization.users]]\nuser = \"mallory\"\npassword = \"pw\"\n\
+         [[authorization.users]]\nuser = \"alice\"\npassword = \"pw\"\n",
+    )
+    .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = cohort();
+    command.args(["broker", "--listen", &addr.to_string(), "--config"]).arg(&config);
+    let broker = Daemon::spawn(command);
+    assert!(wait_for_listener(addr, Duration::from_secs(10)), "{}", broker.stderr_text());
+
+    let mut first = Raw::login(addr, "mallory");
+    assert_eq!(refusals(&first.subscribe(1..=15)), 5, "per connection: 10");
+    let mut second = Raw::login(addr, "mallory");
+    assert_eq!(refusals(&second.subscribe(1..=10)), 0);
+    let mut third = Raw::login(addr, "mallory");
+    let said = third.subscribe(1..=10);
+    assert_eq!(refusals(&said), 5, "per user: 25 in all: {said:?}");
+    let mut fourth = Raw::login(addr, "mallory");
+    let said = fourth.subscribe(1..=1);
+    assert_eq!(said, ["-ERR 'maximum account active connections exceeded'", "(closed)"]);
+    // Another user is not affected.
+    let mut alice = Raw::login(addr, "alice");
+    assert_eq!(refusals(&alice.subscribe(1..=10)), 0);
+    // A closed connection gives its slot and its subscriptions back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Raw::login(addr, "mallory");
+        let said = again.subscribe(1..=10);
+        if refusals(&said) == 0 && !said.contains(&"(closed)".to_owned()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing given back: {said:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = broker.stderr_text();
+    assert!(log.contains("too many connections for one user"), "{log}");
+}

@@ -361,4 +361,18 @@ fn collective_end_to_end(kind: BrokerKind) {
     fleet.restart_broker();
     fleet.wait_for(2);
     find(&fleet, &["-F", "country=de"], &["db1.example.com"]);
+    // Each node said in its log which broker it lost and that it got it back.
+    for node in fleet.nodes.iter().filter(|node| node.daemon.is_some()) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = node.daemon.as_ref().unwrap().stderr_text();
+            if log.contains(&format!("lost the broker at {}", fleet.url))
+                && log.contains("reconnected to the broker at")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

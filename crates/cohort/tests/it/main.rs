@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod agents;
 mod boot;
 mod broker;
 mod client_core;

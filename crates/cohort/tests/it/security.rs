@@ -1308,3 +1308,136 @@ async fn broker_trouble_is_reported_with_its_own_exit_code_on_our_broker() {
 async fn broker_trouble_is_reported_with_its_own_exit_code_on_nats_server() {
     broker_trouble(BrokerKind::Nats).await;
 }
+
+/// The fenced blocks of README.md's "A real deployment", in order, as (language, text).
+fn readme_deployment_blocks() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme.find("## A real deployment").expect("README has A real deployment");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in section.lines() {
+        let trimmed = line.trim_start();
+        match (&mut current, trimmed.strip_prefix("```")) {
+            (None, Some(lang)) => current = Some((lang.to_owned(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(current.take()),
+            (Some((_, text)), None) => {
+                text.push_str(line.strip_prefix("   ").unwrap_or(line));
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// Issue 14, item 10: README.md's secure deployment, steps 0 to 3, run as written: the same
+/// commands and files, with only the machine-specific parts moved into a temporary directory
+/// (`/etc/cohort`, `/var/log/cohort`, the class file), the broker host made 127.0.0.1 and its
+/// ports free ones. A node and an operator set up that way find each other and talk, signed.
+#[test]
+fn the_readme_secure_deployment_works_as_written() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().display().to_string();
+    let (port, metrics) = (free_port(), free_port());
+    let localize = |text: &str| {
+        text.replace("/etc/cohort", &format!("{base}/etc/cohort"))
+            .replace("/var/log/cohort", &format!("{base}/var/log/cohort"))
+            .replace("/var/lib/puppet/state/classes.txt", &format!("{base}/classes.txt"))
+            .replace("broker1.example.net:4222", &format!("127.0.0.1:{port}"))
+            .replace("--host broker1.example.net", "--host 127.0.0.1")
+            .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:7777", &format!("127.0.0.1:{metrics}"))
+    };
+    // `cohort` on the PATH is the binary under test.
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cohort"), bin.join("cohort")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let home = root.path().join("home");
+    let sh = |script: &str| {
+        let mut command = std::process::Command::new("/bin/sh");
+        command.arg("-ec").arg(script).env("PATH", &path).env("HOME", &home).env("NO_COLOR", "1");
+        command.stdin(std::process::Stdio::null());
+        command
+    };
+
+    let blocks = readme_deployment_blocks();
+    let langs: Vec<&str> = blocks.iter().map(|(lang, _)| lang.as_str()).collect();
+    assert_eq!(&langs[..4], ["sh", "sh", "toml", "toml"], "README's deployment steps changed");
+    // The operator's own machine, and the node's.
+    for dir in ["etc/cohort/agents", "etc/cohort/policies", "var/log/cohort", "home/.config/cohort"]
+    {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    std::fs::write(root.path().join("etc/cohort/facts.yaml"), "country: de\n").unwrap();
+    std::fs::write(root.path().join("classes.txt"), "role::web\n").unwrap();
+
+    // 0. Keys.
+    let output = sh(&localize(&blocks[0].1)).output().unwrap();
+    assert!(output.status.success(), "step 0: {}", String::from_utf8_lossy(&output.stderr));
+
+    // 1. The broker, as its own process (exec: its PID is the broker's).
+    let broker = Daemon::spawn(sh(&format!("exec {}", localize(&blocks[1].1).trim())));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_for_listener(addr, Duration::from_secs(10)), "{}", broker.stderr_text());
+
+    // 2. The node's daemon.toml, and the daemon as the unit file starts it (the identity is the
+    // host's FQDN there; here it is given, since this host is not web1).
+    let daemon_toml = root.path().join("etc/cohort/daemon.toml");
+    std::fs::write(&daemon_toml, localize(&blocks[2].1)).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dist/cohort-daemon.service"
+    ))
+    .unwrap();
+    let exec_start = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    let exec_start = localize(exec_start).replace("/usr/local/bin/cohort", "cohort");
+    let node = Daemon::spawn(sh(&format!("exec {exec_start} --identity web1.example.net")));
+
+    // 3. The operator's client.toml, next to the files it names.
+    let config_dir = home.join(".config/cohort");
+    std::fs::write(config_dir.join("client.toml"), localize(&blocks[3].1)).unwrap();
+    let keys = root.path().join("etc/cohort/keys");
+    for file in ["client.alice.seed", "client.alice.cred", "issuer.pub", "revoked.json", "ca.pem"] {
+        std::fs::copy(keys.join(file), config_dir.join(file)).unwrap();
+    }
+    std::fs::set_permissions(
+        config_dir.join("client.alice.seed"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    // "then `cohort ping`, `cohort find -C role::web`, `cohort rpc ...`"
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = sh("cohort ping").output().unwrap();
+        if String::from_utf8_lossy(&output.stdout).contains("web1.example.net") {
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never answered: {}\n--- node:\n{}\n--- broker:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            node.stderr_text(),
+            broker.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let output = sh("cohort find -C role::web").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "web1.example.net\n");
+    let output = sh("cohort rpc rpcutil get_fact fact=country -j").output().unwrap();
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["replies"][0]["data"]["value"], "de", "{doc}");
+    // The node audited it, signed and verified.
+    let audit = std::fs::read_to_string(root.path().join("var/log/cohort/audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|line| line.contains("\"caller\":\"client=alice\"")
+            && line.contains("\"verified\":true")
+            && line.contains("get_fact")),
+        "{audit}"
+    );
+}
