@@ -10,7 +10,6 @@ use cohort_proto::{Filter, Identity, reply_subject};
 use crate::collector::{Collected, Collector, Following};
 use crate::discovery::{Found, Heard, Session};
 use crate::ending::{Ending, Verdict};
-use crate::link::Trouble;
 use crate::verify::{Incoming, Replies};
 use crate::{
     Call, CallResult, CallStats, Client, ClientError, Discovered, DiscoveryOptions, NodeReply,
@@ -159,16 +158,8 @@ impl Client {
                 }
                 Ok(()) = link.changed() => {
                     let now = link.borrow_and_update().clone();
-                    match crate::link::trouble(&link_start, &now, &ours) {
-                        Some(Trouble::Denied(why)) => return Err(ClientError::Denied(why)),
-                        Some(Trouble::Refused(reason)) => {
-                            let brokers = self.options.brokers.join(", ");
-                            return Err(ClientError::Refused { brokers, reason });
-                        }
-                        Some(Trouble::Lost) => {
-                            collector.lost_broker(Instant::now(), self.options.lost_grace);
-                        }
-                        None => {}
+                    if crate::link::check(&link_start, &now, &ours, &self.options.brokers)? {
+                        collector.lost_broker(Instant::now(), self.options.lost_grace);
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {}

@@ -16,7 +16,6 @@ use serde_json::Map;
 
 use crate::ending::{Ending, Verdict};
 use crate::history::Key;
-use crate::link::Trouble;
 use crate::verify::{Incoming, Pending, Replies};
 use crate::{Client, ClientError, Discovered, DiscoveryOptions, Shortfall, Unverified};
 
@@ -282,18 +281,10 @@ impl Client {
                 Ok(()) = link.changed() => {
                     let now = link.borrow_and_update().clone();
                     let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
-                    match crate::link::trouble(&link_start, &now, &ours) {
-                        Some(Trouble::Denied(why)) => return Err(ClientError::Denied(why)),
-                        Some(Trouble::Refused(reason)) => {
-                            let brokers = self.options.brokers.join(", ");
-                            return Err(ClientError::Refused { brokers, reason });
-                        }
-                        // Nothing more comes while it is down, and replies sent meanwhile are
-                        // gone: discovery ends with what it has, and says so.
-                        Some(Trouble::Lost) => {
-                            return Ok((Found { nodes, started, lost: true }, Some(session)));
-                        }
-                        None => {}
+                    // Lost: nothing more comes while it is down, and replies sent meanwhile
+                    // are gone; discovery ends with what it has, and says so.
+                    if crate::link::check(&link_start, &now, &ours, &self.options.brokers)? {
+                        return Ok((Found { nodes, started, lost: true }, Some(session)));
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {}

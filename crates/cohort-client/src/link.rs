@@ -86,6 +86,25 @@ fn apply(state: &mut LinkState, event: &Event) -> bool {
     true
 }
 
+/// What the link's state `now` means to a call that began at `start` and uses `subjects`:
+/// the call's error when the broker refused it or its login, `Ok(true)` when the connection
+/// was lost (the call goes on, shortened), `Ok(false)` when nothing concerns it.
+pub(crate) fn check(
+    start: &LinkState,
+    now: &LinkState,
+    subjects: &[&str],
+    brokers: &[String],
+) -> Result<bool, crate::ClientError> {
+    match trouble(start, now, subjects) {
+        Some(Trouble::Denied(why)) => Err(crate::ClientError::Denied(why)),
+        Some(Trouble::Refused(reason)) => {
+            Err(crate::ClientError::Refused { brokers: brokers.join(", "), reason })
+        }
+        Some(Trouble::Lost) => Ok(true),
+        None => Ok(false),
+    }
+}
+
 /// What a call concludes from how the link changed since it began (`start`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trouble {

@@ -168,6 +168,9 @@ pub fn assemble(config: Config, config_file: Option<PathBuf>) -> Result<Node, As
         config.clock_skew,
     )
     .with_max_ttl(config.max_ttl);
+    if config.metrics.is_some() {
+        state = state.with_metrics();
+    }
     if let Some(security) = security {
         state = state.with_security(security);
     }

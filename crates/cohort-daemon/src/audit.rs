@@ -175,6 +175,8 @@ pub fn redact(inputs: &Map<String, Value>, sensitive: &[&str]) -> Map<String, Va
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<File>,
+    /// Lines that could not be written (a full disk), for the metrics.
+    errors: std::sync::atomic::AtomicU64,
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
@@ -184,7 +186,11 @@ fn open(path: &Path) -> std::io::Result<File> {
 impl AuditLog {
     /// Opens (creating, mode 0600) the log at `path`.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
-        Ok(AuditLog { path: path.to_owned(), file: Mutex::new(open(path)?) })
+        Ok(AuditLog {
+            path: path.to_owned(),
+            file: Mutex::new(open(path)?),
+            errors: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Where it writes.
@@ -200,8 +206,14 @@ impl AuditLog {
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(err) = file.write_all(&line) {
+            self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(path = %self.path.display(), "cannot write the audit log: {err}");
         }
+    }
+
+    /// Lines that could not be written since start.
+    pub fn write_errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reopens the file by path (after log rotation moved it away).

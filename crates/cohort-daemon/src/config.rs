@@ -27,6 +27,8 @@ pub struct Config {
     /// Seconds between registration messages; 0 turns registration off.
     #[serde(with = "humantime_serde")]
     pub registration_interval: Duration,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (`host:port`).
+    pub metrics: Option<String>,
     /// Actions running at once; further requests wait.
     pub max_concurrent_actions: usize,
     /// How often fact and class files are checked for changes.
@@ -148,6 +150,7 @@ impl Default for Config {
             classes: None,
             agents_dir: None,
             registration_interval: Duration::from_secs(300),
+            metrics: None,
             max_concurrent_actions: 32,
             facts_refresh: Duration::from_secs(1),
             max_agent_output: 1024 * 1024,

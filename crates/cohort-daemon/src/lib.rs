@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod external;
 pub mod facts;
+pub mod metrics;
 pub mod nrpe;
 pub mod pipeline;
 pub mod provision;

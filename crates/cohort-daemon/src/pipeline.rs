@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::agent::{ActionRequest, Agent, Context, Outcome};
 use crate::audit::{AuditBudget, AuditDecision, AuditLog, AuditRecord, redact};
 use crate::facts::Facts;
+use crate::metrics::{NodeMetrics, Readings};
 use crate::security::NodeSecurity;
 use crate::stats::Stats;
 
@@ -48,6 +49,11 @@ pub struct NodeState {
     /// Audit lines about unverified traffic (anyone on the bus can send it): 200 at once, then
     /// 20 a second; the rest are counted in `audit_suppressed`.
     audit_budget: std::sync::Mutex<AuditBudget>,
+    /// Kept only when served (`with_metrics`): the fleet simulator runs thousands of nodes in
+    /// one process and should not pay for series nobody reads.
+    metrics: Option<Arc<NodeMetrics>>,
+    /// When the facts last changed, for their age in the metrics.
+    facts_changed: std::sync::Mutex<Instant>,
 }
 
 /// The agents hosted, and their names (with `discovery`) as filters see them: computed once
@@ -112,6 +118,8 @@ impl NodeState {
             security: None,
             audit: None,
             audit_budget: std::sync::Mutex::new(AuditBudget::new(20, 200)),
+            metrics: None,
+            facts_changed: std::sync::Mutex::new(Instant::now()),
         }
     }
 
@@ -164,6 +172,8 @@ impl NodeState {
     /// Replaces the facts (after a fact file changed).
     pub fn set_facts(&self, facts: Facts) {
         *self.facts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(facts);
+        *self.facts_changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Instant::now();
     }
 
     fn hosted(&self) -> Arc<Hosted> {
@@ -216,9 +226,53 @@ impl NodeState {
         }
     }
 
+    /// Keeps the metrics a metrics endpoint serves ([`NodeState::metrics_text`]).
+    pub fn with_metrics(mut self) -> NodeState {
+        self.metrics = Some(Arc::new(NodeMetrics::default()));
+        self
+    }
+
+    /// The metrics, when kept.
+    pub fn metrics(&self) -> Option<&Arc<NodeMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// The metrics in OpenMetrics text, with the readings of this moment (only the readings
+    /// when the metrics are not kept).
+    pub fn metrics_text(&self) -> String {
+        let changed = *self.facts_changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (replay_ids, replay_capacity) =
+            self.security.as_ref().map_or((0, 0), |security| security.replay_use());
+        let kept = self.metrics.clone().unwrap_or_default();
+        kept.prometheus_text(Readings {
+            facts_age: changed.elapsed().as_secs_f64(),
+            replay_ids,
+            replay_capacity,
+            audit_write_errors: self.audit.as_ref().map_or(0, |audit| audit.write_errors()),
+            messages: Stats::get(&self.stats.total),
+            replies: Stats::get(&self.stats.replies),
+            filtered: Stats::get(&self.stats.filtered),
+        })
+    }
+
     /// Runs the whole pipeline for one message received at `now`.
     /// `reply` is the subject the message asks replies on.
     pub async fn handle(&self, payload: &[u8], reply: Option<&str>, now: SystemTime) -> Handled {
+        let handled = self.handle_message(payload, reply, now).await;
+        if let (Some(metrics), Handled::Ignored(reason)) = (&self.metrics, &handled)
+            && !matches!(*reason, "filtered" | "other collective")
+        {
+            metrics.refused(reason);
+        }
+        handled
+    }
+
+    async fn handle_message(
+        &self,
+        payload: &[u8],
+        reply: Option<&str>,
+        now: SystemTime,
+    ) -> Handled {
         Stats::bump(&self.stats.total);
         let started = Instant::now();
         let (request, unsealed) = match self.decode(payload) {
@@ -329,6 +383,20 @@ impl NodeState {
         } else {
             self.dispatch(&request, &hosted.agents).await
         };
+        if let Some(metrics) = &self.metrics {
+            let hosted_agent =
+                hosted.agents.iter().find(|a| a.ddl().metadata.name == request.agent.as_str());
+            let (agent, action) = match hosted_agent {
+                Some(agent) if agent.ddl().action(&request.body.action).is_some() => {
+                    (request.agent.as_str(), request.body.action.as_str())
+                }
+                Some(_) => (request.agent.as_str(), "unknown"),
+                None if request.agent.as_str() == DISCOVERY_AGENT => (DISCOVERY_AGENT, "ping"),
+                None => ("unknown", "unknown"),
+            };
+            let status = outcome.status.code().to_string();
+            metrics.handled(agent, action, &status, started.elapsed().as_secs_f64());
+        }
         if let Some(audit) = &self.audit {
             let mut record = self.record(
                 &request,

@@ -185,14 +185,16 @@ pub enum Signal {
 
 /// Connects to the first reachable broker of `urls`, retrying forever in the background when
 /// none is up yet, and reconnecting with jittered exponential backoff when the connection drops.
+/// Each time the connection comes back after a loss, `reconnects` is counted.
 pub async fn connect(
     urls: &[String],
     name: &str,
     auth: &BusAuth,
+    reconnects: prometheus_client::metrics::counter::Counter,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers: Vec<async_nats::ServerAddr> =
         urls.iter().filter_map(|url| url.parse().ok()).collect();
-    let link = LinkLog::new(urls.join(", "));
+    let link = LinkLog::new(urls.join(", "), reconnects);
     auth.apply(async_nats::ConnectOptions::new())
         .event_callback(move |event| {
             link.record(&event, std::time::Instant::now());
@@ -214,6 +216,7 @@ pub async fn connect(
 struct LinkLog {
     brokers: String,
     down: Arc<std::sync::Mutex<Option<Down>>>,
+    reconnects: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone, Copy)]
@@ -226,19 +229,22 @@ struct Down {
 impl LinkLog {
     const EVERY: Duration = Duration::from_secs(30);
 
-    fn new(brokers: String) -> LinkLog {
-        LinkLog { brokers, down: Arc::default() }
+    fn new(brokers: String, reconnects: prometheus_client::metrics::counter::Counter) -> LinkLog {
+        LinkLog { brokers, down: Arc::default(), reconnects }
     }
 
     fn record(&self, event: &async_nats::Event, now: std::time::Instant) {
         let mut down = self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match event {
             async_nats::Event::Connected => match down.take() {
-                Some(was) => tracing::info!(
-                    "reconnected to the broker at {} after {:.0?} down",
-                    self.brokers,
-                    now.duration_since(was.since)
-                ),
+                Some(was) => {
+                    self.reconnects.inc();
+                    tracing::info!(
+                        "reconnected to the broker at {} after {:.0?} down",
+                        self.brokers,
+                        now.duration_since(was.since)
+                    );
+                }
                 None => tracing::info!("connected to the broker at {}", self.brokers),
             },
             async_nats::Event::Disconnected => {

@@ -35,6 +35,13 @@ impl NodeSecurity {
         }
     }
 
+    /// Request ids in the replay cache now, and how many it can hold.
+    pub fn replay_use(&self) -> (u64, u64) {
+        let replay = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        (count(replay.len()), count(replay.capacity()))
+    }
+
     /// Trusted issuers and revocations in force.
     pub fn trust(&self) -> Arc<Trust> {
         self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()

@@ -99,6 +99,11 @@ impl ReplayCache {
         self.seen.len()
     }
 
+    /// How many live ids it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether no id is live.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()

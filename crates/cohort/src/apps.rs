@@ -69,6 +69,7 @@ impl Session {
     ) -> anyhow::Result<(Discovered, CallResult)> {
         let (discovered, result) = self.call_quietly(agent, filter, action, data, listed).await?;
         crate::output::discovery_notes(&mut std::io::stderr(), &discovered)?;
+        crate::output::lost_broker_note(&mut std::io::stderr(), &result)?;
         Ok((discovered, result))
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct DaemonArgs {
     /// Run without signatures, replay protection or authorization. For labs only.
     #[arg(long)]
     insecure: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics [config: metrics].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +67,10 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if args.insecure {
         config.security.insecure = true;
     }
+    if args.metrics.is_some() {
+        config.metrics = args.metrics;
+    }
+    let metrics = config.metrics.clone();
     let node = assemble(config, config_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,9 +78,21 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let signals = signals()?;
-        let client = cohort_daemon::run::connect(&node.brokers, node.identity.as_str(), &node.auth)
-            .await
-            .context("cannot connect to the broker")?;
+        if let Some(address) = &metrics {
+            let state = node.state.clone();
+            crate::schedule::serve_metrics(address, move || state.metrics_text()).await?;
+            tracing::info!("metrics on http://{address}/metrics");
+        }
+        let reconnects =
+            node.state.metrics().map(|metrics| metrics.reconnects.clone()).unwrap_or_default();
+        let client = cohort_daemon::run::connect(
+            &node.brokers,
+            node.identity.as_str(),
+            &node.auth,
+            reconnects,
+        )
+        .await
+        .context("cannot connect to the broker")?;
         tracing::info!(node = %node.identity, brokers = ?node.brokers, "daemon starting");
         cohort_daemon::run::run(node.state, client, node.options, Some(node.facts), signals)
             .await?;

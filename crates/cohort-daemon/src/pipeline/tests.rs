@@ -207,7 +207,7 @@ mod secure {
             Authorizer::new(policies, Default::default(), None),
             100,
         );
-        node().with_security(Arc::new(security))
+        node().with_security(Arc::new(security)).with_metrics()
     }
 
     fn signed(signer: &Signer, caller: &str, action: &str, id: u8) -> Vec<u8> {
@@ -276,6 +276,14 @@ mod secure {
         let old = alice.seal(&String::from_utf8(old.to_bytes()).unwrap());
         assert!(matches!(node.handle(&old, None, now).await, Handled::Ignored("replayed")));
         assert_eq!(node.stats.replayed.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let metrics = node.metrics_text();
+        assert!(
+            metrics.contains("cohort_daemon_refusals_total{reason=\"replayed\"} 3"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("cohort_daemon_replay_cache_capacity 100"), "{metrics}");
+        let served = "cohort_daemon_requests_total{agent=\"fake\",action=\"echo\",status=\"0\"} 3";
+        assert!(metrics.contains(served), "{metrics}");
     }
 
     fn request_at(time: SystemTime) -> Vec<u8> {

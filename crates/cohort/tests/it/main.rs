@@ -12,6 +12,7 @@ mod fleet;
 mod imds;
 mod latecomers;
 mod nagios;
+mod node_metrics;
 mod operator;
 mod process;
 mod provision;

@@ -189,7 +189,7 @@ fn scheduler_spreads_runs_shares_a_lease_and_follows_the_fleet() {
     drop(probe);
 }
 
-fn http_get(port: u16) -> String {
+pub(crate) fn http_get(port: u16) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
