@@ -70,7 +70,7 @@ pub async fn run(
 }
 
 /// [`run`], for a command made by [`Cgroup::command`]: at the end (exit, deadline or output
-/// cap) everything in `cgroup` is killed too, and the cgroup removed.
+/// cap) everything in `cgroup` is killed too, and the cgroup removed in the background.
 pub async fn run_in(
     command: tokio::process::Command,
     cgroup: Option<Cgroup>,
@@ -80,7 +80,11 @@ pub async fn run_in(
 ) -> Result<Finished, ExecError> {
     let result = run_group(command, stdin, timeout, max_stdout).await;
     if let Some(cgroup) = cgroup {
-        cgroup.remove().await;
+        // Everything in it dies now; the directory goes once the kernel lets it (a cgroup
+        // whose processes just died cannot be removed at once), off the caller's path: the
+        // removal took longer than a short agent itself.
+        cgroup.kill();
+        tokio::spawn(cgroup.remove());
     }
     result
 }
@@ -279,7 +283,13 @@ mod tests {
             );
         }
         assert!(escaped, "the setsid grandchild {pid} survived the timeout");
-        assert!(!cgroup_dir.exists(), "{} left behind", cgroup_dir.display());
+        let removed = async {
+            while cgroup_dir.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let removed = tokio::time::timeout(Duration::from_secs(5), removed).await;
+        assert!(removed.is_ok(), "{} left behind", cgroup_dir.display());
 
         // Without the cgroup, the same grandchild escapes the process group: the reason for it.
         let mut command = tokio::process::Command::new("/bin/sh");
