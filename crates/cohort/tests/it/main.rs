@@ -6,6 +6,7 @@ mod agents;
 mod boot;
 mod broker;
 mod client_core;
+mod cluster;
 mod collective;
 mod demo;
 mod fleet;
