@@ -280,7 +280,6 @@ impl Client {
                 found = session.next() => heard(&mut session, found, &mut nodes),
                 Ok(()) = link.changed() => {
                     let now = link.borrow_and_update().clone();
-                    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
                     // Lost: nothing more comes while it is down, and replies sent meanwhile
                     // are gone; discovery ends with what it has, and says so.
                     if crate::link::check(&link_start, &now, &ours, &self.options.brokers)? {

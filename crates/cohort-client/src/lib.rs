@@ -58,17 +58,9 @@ fn own_credential_usable(
 ) -> Result<(), ClientError> {
     use cohort_security::CredentialError;
     let now = now_ms(now) / 1000;
-    let claims = &signer.credential().claims;
-    let checked = if now > claims.not_after {
-        Err(CredentialError::Expired { name: claims.name.clone(), not_after: claims.not_after })
-    } else if now < claims.not_before {
-        Err(CredentialError::NotYetValid {
-            name: claims.name.clone(),
-            not_before: claims.not_before,
-        })
-    } else {
+    let checked = signer.credential().claims.check_period(now).and_then(|()| {
         trust.map_or(Ok(()), |trust| trust.verify(signer.credential(), now).map(|_| ()))
-    };
+    });
     match checked {
         Err(
             err @ (CredentialError::Expired { .. }

@@ -92,7 +92,7 @@ fn apply(state: &mut LinkState, event: &Event) -> bool {
 pub(crate) fn check(
     start: &LinkState,
     now: &LinkState,
-    subjects: &[&str],
+    subjects: &[impl AsRef<str>],
     brokers: &[String],
 ) -> Result<bool, crate::ClientError> {
     match trouble(start, now, subjects) {
@@ -117,14 +117,15 @@ pub(crate) enum Trouble {
 }
 
 /// The trouble the call whose subjects are `subjects` is in, if any.
-pub(crate) fn trouble(start: &LinkState, now: &LinkState, subjects: &[&str]) -> Option<Trouble> {
+pub(crate) fn trouble(
+    start: &LinkState,
+    now: &LinkState,
+    subjects: &[impl AsRef<str>],
+) -> Option<Trouble> {
     let new = usize::try_from(now.violation_count - start.violation_count).unwrap_or(usize::MAX);
-    let ours = now
-        .violations
-        .iter()
-        .rev()
-        .take(new)
-        .find(|text| subjects.iter().any(|subject| text.contains(&format!("\"{subject}\""))));
+    let ours = now.violations.iter().rev().take(new).find(|text| {
+        subjects.iter().any(|subject| text.contains(&format!("\"{}\"", subject.as_ref())))
+    });
     if let Some(text) = ours {
         return Some(Trouble::Denied(text.clone()));
     }
@@ -137,6 +138,9 @@ pub(crate) fn trouble(start: &LinkState, now: &LinkState, subjects: &[&str]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call with no subjects of its own.
+    const NONE: [&str; 0] = [];
 
     #[test]
     fn a_call_sees_only_what_happened_since_it_began() {
@@ -160,10 +164,10 @@ mod tests {
 
         let start = state.clone();
         apply(&mut state, &Event::Disconnected);
-        assert_eq!(trouble(&start, &state, &[]), Some(Trouble::Lost));
+        assert_eq!(trouble(&start, &state, &NONE), Some(Trouble::Lost));
         apply(&mut state, &Event::Connected);
-        assert_eq!(trouble(&start, &state, &[]), Some(Trouble::Lost), "a loss is not undone");
-        assert_eq!(trouble(&state.clone(), &state, &[]), None);
+        assert_eq!(trouble(&start, &state, &NONE), Some(Trouble::Lost), "a loss is not undone");
+        assert_eq!(trouble(&state.clone(), &state, &NONE), None);
 
         let start = state.clone();
         apply(
@@ -171,7 +175,7 @@ mod tests {
             &Event::ServerError(ServerError::Other("User Authentication Expired".into())),
         );
         assert_eq!(
-            trouble(&start, &state, &[]),
+            trouble(&start, &state, &NONE),
             Some(Trouble::Refused("User Authentication Expired".into()))
         );
         assert!(!apply(&mut state, &Event::LameDuckMode));

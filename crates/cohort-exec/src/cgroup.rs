@@ -10,6 +10,7 @@
 //! and rely on the process group alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,9 +26,14 @@ impl Cgroup {
     /// A new, empty cgroup under this process's own, or `None` when there is no cgroup v2
     /// hierarchy or no right to create one there.
     pub fn create() -> Option<Cgroup> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let own = own_dir(&mountinfo, &membership)?;
+        // Where this process lives does not change while it runs: read once, not per child.
+        static OWN: OnceLock<Option<PathBuf>> = OnceLock::new();
+        let own = OWN.get_or_init(|| {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            own_dir(&mountinfo, &membership)
+        });
+        let own = own.as_ref()?;
         let name =
             format!("cohort-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = own.join(name);
@@ -76,17 +82,16 @@ impl Cgroup {
     }
 
     /// Kills what is left and removes the directory, waiting up to a second for the killed
-    /// processes to be gone (the kernel refuses to remove a cgroup that still has some).
-    /// False if it is still there then.
-    pub async fn remove(self) -> bool {
+    /// processes to be gone (the kernel refuses to remove a cgroup that still has some); past
+    /// that, drop makes a last attempt.
+    pub async fn remove(self) {
         for _ in 0..50 {
             self.kill();
             if std::fs::remove_dir(&self.dir).is_ok() {
-                return true;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        false
     }
 }
 

@@ -91,6 +91,19 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Whether `now` (Unix seconds) is inside the validity period.
+    pub fn check_period(&self, now: i64) -> Result<(), CredentialError> {
+        if now < self.not_before {
+            let name = self.name.clone();
+            return Err(CredentialError::NotYetValid { name, not_before: self.not_before });
+        }
+        if now > self.not_after {
+            let name = self.name.clone();
+            return Err(CredentialError::Expired { name, not_after: self.not_after });
+        }
+        Ok(())
+    }
+
     /// The caller id requests from this holder carry: `<role>=<name>`.
     pub fn caller(&self) -> String {
         format!("{}={}", self.role, self.name)
@@ -342,14 +355,9 @@ impl Trust {
             }
         };
         let claims = &verified.claims;
-        let name = claims.name.clone();
-        if now < claims.not_before {
-            return Err(CredentialError::NotYetValid { name, not_before: claims.not_before });
-        }
-        if now > claims.not_after {
-            return Err(CredentialError::Expired { name, not_after: claims.not_after });
-        }
+        claims.check_period(now)?;
         if self.revoked.contains(&claims.serial) {
+            let name = claims.name.clone();
             return Err(CredentialError::Revoked { name, serial: claims.serial.clone() });
         }
         Ok(verified)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fleet::{BrokerKind, Fleet, NodeSpec, stderr};
-use crate::process::write;
+use crate::process::{executable, write};
 
 #[test]
 fn a_setsid_grandchild_dies_at_the_agents_timeout() {
@@ -30,16 +30,14 @@ fn a_setsid_grandchild_dies_at_the_agents_timeout() {
               "input": {"pidfile": {"prompt": "Pid file", "description": "where", "type": "string",
                         "validation": "^/[\\w/.\\-]+$", "maxlength": 300, "optional": false}}}]}"#,
     );
-    let script = write(
-        &agent,
-        "escape",
+    executable(
+        &agent.join("escape"),
         "#!/bin/sh\n\
          pidfile=$(sed -n 's/.*\"pidfile\":\"\\([^\"]*\\)\".*/\\1/p')\n\
          setsid sleep 300 </dev/null >/dev/null 2>&1 &\n\
          echo $! > \"$pidfile\"\n\
          sleep 300\n",
     );
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fleet.add_node_with_agents(&spec, &agents);
     fleet.wait_for(1);
 

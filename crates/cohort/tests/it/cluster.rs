@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 use cohort_test_support::{NatsServer, free_port};
 use serde_json::Value;
 
-use crate::process::{Daemon, cohort, write};
-
-fn slow_tests() -> bool {
-    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
-}
+use crate::process::{Daemon, cohort, executable, slow_tests, write};
 
 const NODES: usize = 6;
 
@@ -56,9 +52,7 @@ fn a_member_killed_mid_call_is_reported_or_survived_and_the_fleet_fails_over() {
         r#"{"metadata": {"name": "slow", "description": "answers late", "timeout": 20},
             "actions": [{"action": "wait", "display": "always", "output": {}}]}"#,
     );
-    let script =
-        write(&agent, "slow", "#!/bin/sh\ncat >/dev/null\nsleep 1\necho '{\"data\":{}}'\n");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    executable(&agent.join("slow"), "#!/bin/sh\ncat >/dev/null\nsleep 1\necho '{\"data\":{}}'\n");
 
     // Each node lists the members starting at a different one (async-nats also shuffles).
     let names: Vec<String> = (0..NODES).map(|n| format!("n{n}.example.net")).collect();

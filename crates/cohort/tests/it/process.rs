@@ -65,3 +65,14 @@ pub fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// An executable file at `path` (mode 0755) holding `text`: an agent, a stand-in command.
+pub fn executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Whether the slow tests run (`COHORT_SLOW_TESTS=1`, as CI sets it).
+pub fn slow_tests() -> bool {
+    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
+}

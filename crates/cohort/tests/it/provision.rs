@@ -22,16 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fleet::{BrokerKind, Fleet, NodeSpec, stdout};
-use crate::process::{Daemon, cohort, write};
-
-fn slow_tests() -> bool {
-    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
-}
-
-fn executable(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-}
+use crate::process::{Daemon, cohort, executable, slow_tests, write};
 
 /// The stand-ins, in the fleet directory: `puppet` (its last argument is the node's directory)
 /// and `puppetserver` (its last argument is the CA directory).

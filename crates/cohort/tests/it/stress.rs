@@ -21,13 +21,9 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use crate::fleet::BrokerKind;
-use crate::process::{Daemon, cohort, write};
+use crate::process::{Daemon, cohort, slow_tests, write};
 
 const NODES: usize = 1_000;
-
-fn slow_tests() -> bool {
-    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
-}
 
 /// A process that burns one CPU until dropped (stopped by its PID).
 struct Hog(Child);
