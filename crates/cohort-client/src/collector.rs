@@ -299,8 +299,11 @@ impl Collector {
         let ok = self.replies.iter().filter(|r| r.reply.status == StatusCode::Ok).count();
         let mut unexpected = self.strangers;
         unexpected.sort();
-        let no_responses =
+        let no_responses: Vec<Identity> =
             self.expected.iter().filter(|node| !self.seen.contains(*node)).cloned().collect();
+        // A lost connection matters only if a reply is missing: when every expected node
+        // answered, the call completed through the reconnected broker (or another member).
+        let lost_broker = self.lost_broker && !no_responses.is_empty();
         Collected {
             replies: self.replies,
             expected: self.expected,
@@ -309,7 +312,7 @@ impl Collector {
             unverified: self.unverified,
             ok,
             discovery: self.discovery,
-            lost_broker: self.lost_broker,
+            lost_broker,
         }
     }
 }
@@ -397,6 +400,19 @@ mod tests {
         let done = c.finish();
         assert!(done.lost_broker);
         assert_eq!(done.no_responses, vec![node("b")]);
+    }
+
+    #[test]
+    fn a_lost_broker_does_not_taint_a_call_every_node_answered() {
+        let (t, mut c) = collector(Targets::Direct(nodes(&["a", "b"])));
+        assert!(c.reply(t + MS, reply(1, "a", StatusCode::Ok)).is_some());
+        c.lost_broker(t + MS * 2, MS * 200);
+        // b's reply came through the broker the client reconnected to.
+        assert!(c.reply(t + MS * 50, reply(1, "b", StatusCode::Ok)).is_some());
+        assert_eq!(c.poll(t + MS * 50), Verdict::End);
+        let done = c.finish();
+        assert!(!done.lost_broker);
+        assert!(done.no_responses.is_empty());
     }
 
     #[test]

@@ -148,6 +148,10 @@ impl Client {
         let shortfall = expected.filter(|expected| nodes.len() < *expected).map(|expected| {
             Shortfall { expected, found: nodes.len(), waited: ending.waited(Instant::now()) }
         });
+        // Lost, but as many found as the last discovery did: as complete as a discovery can
+        // know itself to be, so not reported as a loss.
+        let lost_broker = (lost && (expected.is_none() || shortfall.is_some()))
+            .then(|| self.options.brokers.join(", "));
         let mut history_error = None;
         // A discovery that found nobody, or lost the broker, is not evidence that the fleet
         // shrank: the next one keeps expecting the count before it.
@@ -168,7 +172,7 @@ impl Client {
             expected,
             shortfall,
             history_error,
-            lost_broker: lost.then(|| self.options.brokers.join(", ")),
+            lost_broker,
         }
     }
 

@@ -2,7 +2,7 @@
 //! keeping signed discovery replies to check later and only where needed ([`Pending`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use cohort_proto::{Identity, Reply, now_ms};
@@ -27,20 +27,37 @@ pub(crate) enum Incoming {
 /// Messages verified together at most.
 const BATCH: usize = 256;
 
-/// A reply subscription that checks signatures in batches: whatever has already arrived when
-/// the first message is taken is verified together (a large fleet answers at once, and batch
-/// verification costs about half as much per reply).
+/// How long replies that need verifying are gathered, from the first one, before the batch is
+/// checked. A fleet's replies arrive spread over the time its nodes take to answer; checked as
+/// they come they would be checked one by one (about 45 µs each), gathered for 3 ms they are
+/// checked dozens at a time (batch verification: under 20 µs each). A call ends at most this
+/// much later.
+const GATHER: Duration = Duration::from_millis(3);
+
+/// A reply subscription that checks signatures in batches: what arrives within [`GATHER`] of
+/// the first message, up to [`BATCH`], is verified together.
 pub(crate) struct Replies {
     sub: async_nats::Subscriber,
     security: ClientSecurity,
     ready: VecDeque<Incoming>,
+    /// Messages taken off the subscription and not yet decoded, and until when to gather more:
+    /// kept here, not in `next`'s locals, so that cancelling `next` loses nothing.
+    gathering: Vec<async_nats::Message>,
+    gather_until: Instant,
     /// Signed replies are read without checking their signatures ([`Incoming::Deferred`]).
     defer: bool,
 }
 
 impl Replies {
     pub(crate) fn new(sub: async_nats::Subscriber, security: &ClientSecurity) -> Replies {
-        Replies { sub, security: security.clone(), ready: VecDeque::new(), defer: false }
+        Replies {
+            sub,
+            security: security.clone(),
+            ready: VecDeque::new(),
+            gathering: Vec::new(),
+            gather_until: Instant::now(),
+            defer: false,
+        }
     }
 
     /// Replies whose signatures are checked later, and only where needed ([`Pending`]).
@@ -56,14 +73,31 @@ impl Replies {
             if let Some(item) = self.ready.pop_front() {
                 return Some(item);
             }
-            let first = self.sub.next().await?;
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
+            if self.gathering.is_empty() {
+                let first = self.sub.next().await?;
+                self.gathering.push(first);
+                self.gather_until = Instant::now() + GATHER;
+            }
+            let mut ended = false;
+            while self.gathering.len() < BATCH {
                 match self.sub.next().now_or_never() {
-                    Some(Some(message)) => batch.push(message),
-                    _ => break,
+                    Some(Some(message)) => self.gathering.push(message),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
                 }
             }
+            let verifying = self.security.trust.is_some() && !self.defer;
+            if verifying && !ended && self.gathering.len() < BATCH {
+                let more = tokio::time::timeout_at(self.gather_until.into(), self.sub.next());
+                if let Ok(Some(message)) = more.await {
+                    self.gathering.push(message);
+                    continue;
+                }
+            }
+            let batch = std::mem::take(&mut self.gathering);
             self.ready.extend(decode_batch(&self.security, batch, self.defer));
         }
     }
@@ -83,7 +117,8 @@ fn decode_batch(
     defer: bool,
 ) -> Vec<Incoming> {
     let mut out: Vec<Option<Incoming>> = Vec::with_capacity(batch.len());
-    let mut sealed: Vec<(usize, &[u8])> = Vec::new();
+    let mut sealed: Vec<(usize, Read<'_>)> = Vec::new();
+    let verifying = security.trust.is_some() && !defer;
     for message in &batch {
         if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             let subject = message
@@ -95,6 +130,22 @@ fn decode_batch(
             continue;
         }
         let payload = message.payload.as_ref();
+        if verifying {
+            // Read once: a signed reply is parsed here and checked from what was read.
+            match cohort_security::unseal(payload) {
+                Ok(unsealed) => {
+                    sealed.push((out.len(), (payload, Ok(unsealed))));
+                    out.push(None);
+                    continue;
+                }
+                Err(err) if cohort_security::is_sealed(payload) => {
+                    sealed.push((out.len(), (payload, Err(err))));
+                    out.push(None);
+                    continue;
+                }
+                Err(_) => {}
+            }
+        }
         if !cohort_security::is_sealed(payload) {
             let item = match Reply::from_bytes(payload) {
                 Err(_) => None,
@@ -107,37 +158,44 @@ fn decode_batch(
             out.push(item);
             continue;
         }
-        if security.trust.is_none() || defer {
-            let reply = cohort_security::peek(payload)
-                .ok()
-                .and_then(|message| Reply::from_bytes(message.as_bytes()).ok());
-            out.push(reply.map(|reply| match security.trust {
-                Some(_) => Incoming::Deferred(reply, message.payload.clone()),
-                None => Incoming::Reply(reply),
-            }));
-            continue;
-        }
-        sealed.push((out.len(), payload));
-        out.push(None);
+        let reply = cohort_security::peek(payload)
+            .ok()
+            .and_then(|message| Reply::from_bytes(message.as_bytes()).ok());
+        out.push(reply.map(|reply| match security.trust {
+            Some(_) => Incoming::Deferred(reply, message.payload.clone()),
+            None => Incoming::Reply(reply),
+        }));
     }
     if let Some(trust) = &security.trust {
-        let payloads: Vec<&[u8]> = sealed.iter().map(|(_, payload)| *payload).collect();
-        for ((index, _), checked) in sealed.iter().zip(verify_sealed(trust, &payloads)) {
-            out[*index] = checked;
+        let (indices, read): (Vec<usize>, Vec<Read<'_>>) = sealed.into_iter().unzip();
+        for (index, checked) in indices.into_iter().zip(verify_read(trust, read)) {
+            out[index] = checked;
         }
     }
     out.into_iter().flatten().collect()
 }
 
+/// A signed reply's bytes and what [`cohort_security::unseal`] made of them.
+type Read<'a> = (&'a [u8], Result<cohort_security::Unsealed, cohort_security::OpenError>);
+
 /// Verifies signed replies together: each comes out as a reply, as unverified with the reason,
 /// or as `None` when it is not a reply at all. A reply counts only when it is signed by a node
 /// credential for the identity it names.
 pub(crate) fn verify_sealed(trust: &Trust, payloads: &[&[u8]]) -> Vec<Option<Incoming>> {
+    verify_read(
+        trust,
+        payloads.iter().map(|payload| (*payload, cohort_security::unseal(payload))).collect(),
+    )
+}
+
+/// [`verify_sealed`] for replies already read.
+fn verify_read(trust: &Trust, read: Vec<Read<'_>>) -> Vec<Option<Incoming>> {
     let claimed = |message: &str| {
         Reply::from_bytes(message.as_bytes()).ok().map(|reply| reply.sender.to_string())
     };
     let now = now_ms(SystemTime::now()) / 1000;
-    let opened = cohort_security::open_many(payloads, trust, now);
+    let (payloads, unsealed): (Vec<&[u8]>, Vec<_>) = read.into_iter().unzip();
+    let opened = cohort_security::open_unsealed(unsealed, trust, now);
     payloads
         .iter()
         .zip(opened)

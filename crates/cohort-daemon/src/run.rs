@@ -183,6 +183,13 @@ pub enum Signal {
     Shutdown,
 }
 
+/// How often the daemon PINGs its broker. A connection the network silently dropped (a
+/// partition, a pulled cable: no FIN or RST ever arrives) is noticed after three unanswered
+/// PINGs, and once the network heals the next PING meets the broker's reset at once, so the
+/// node is back within this interval instead of async-nats' default minute. 10,000 nodes cost
+/// the broker 1,000 small messages a second.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Connects to the first reachable broker of `urls`, retrying forever in the background when
 /// none is up yet, and reconnecting with jittered exponential backoff when the connection drops.
 /// Each time the connection comes back after a loss, `reconnects` is counted.
@@ -201,6 +208,7 @@ pub async fn connect(
             std::future::ready(())
         })
         .name(name)
+        .ping_interval(PING_INTERVAL)
         .retry_on_initial_connect()
         .reconnect_delay_callback(|attempts| {
             reconnect_delay(attempts, rand::thread_rng().gen_range(0.5..1.5))

@@ -188,7 +188,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `count` nodes connected to `url`, secure when `security` is given; with `nrpe`,
+    /// Starts `count` nodes connected to `url`, secure when `security` is given. `url` may be a
+    /// comma-separated list (a cluster's members): node `i` starts at member `i mod n`, so the
+    /// fleet is spread evenly, and fails over to the others in turn. With `nrpe`,
     /// each node's NRPE configuration is `<nrpe>/<identity>.cfg` ([`write_nrpe_checks`]).
     pub async fn start(
         url: &str,
@@ -255,10 +257,17 @@ impl Fleet {
                 nkey_seed: security.broker_login.then(|| security.node_key(&identity).seed()),
                 tls_ca: security.tls_ca.clone(),
             });
+            let members: Vec<&str> = url.split(',').map(str::trim).collect();
+            let servers: Vec<async_nats::ServerAddr> = (0..members.len())
+                .filter_map(|shift| {
+                    members[(fleet.stops.len() + shift) % members.len()].parse().ok()
+                })
+                .collect();
             let client = auth
                 .apply(async_nats::ConnectOptions::new())
                 .name(identity.as_str())
-                .connect(url)
+                .retain_servers_order()
+                .connect(servers)
                 .await?;
             let (stop, signals) = tokio::sync::mpsc::channel(1);
             let options = options.clone();

@@ -18,8 +18,11 @@ use crate::keys::{KeyError, KeyKind, PublicKey, SecretKey};
 
 const CREDENTIAL_DOMAIN: &[u8] = b"cohort-credential-v1\n";
 const REVOCATION_DOMAIN: &[u8] = b"cohort-revocations-v1\n";
-/// Verified credentials remembered; past this the cache starts over.
-const CACHE_CAPACITY: usize = 4096;
+/// Verified credentials remembered; past this the cache starts over. A client verifies every
+/// node's credential on each call, so this must exceed the largest fleet it addresses (a
+/// smaller cache was cleared every call at 10,000 nodes, re-verifying every credential). About
+/// 500 bytes an entry: 32 MiB when full.
+const CACHE_CAPACITY: usize = 65_536;
 
 /// What a credential allows its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -24,4 +24,6 @@ pub use keys::{KeyError, KeyKind, PublicKey, SecretKey};
 pub use policy::{Authorizer, Decision, Groups, Policy, PolicyError, Verdict};
 pub use replay::{ReplayCache, ReplayError};
 pub use roles::{RoleGrants, grants};
-pub use sealed::{OpenError, Opened, Signer, Unsealed, is_sealed, open, open_many, peek, unseal};
+pub use sealed::{
+    OpenError, Opened, Signer, Unsealed, is_sealed, open, open_many, open_unsealed, peek, unseal,
+};

@@ -230,8 +230,18 @@ pub fn open(bytes: &[u8], trust: &Trust, now: i64) -> Result<Opened, OpenError> 
 /// The results are in the order of `items`. (Batch verification accepts exactly the signatures
 /// single verification accepts, except for non-canonical variants only the key holder can make.)
 pub fn open_many(items: &[&[u8]], trust: &Trust, now: i64) -> Vec<Result<Opened, OpenError>> {
+    open_unsealed(items.iter().map(|bytes| unseal(bytes)).collect(), trust, now)
+}
+
+/// [`open_many`] for envelopes already read with [`unseal`] (or refused by it): a reader that
+/// had to read them anyway does not parse them twice.
+pub fn open_unsealed(
+    items: Vec<Result<Unsealed, OpenError>>,
+    trust: &Trust,
+    now: i64,
+) -> Vec<Result<Opened, OpenError>> {
     let staged: Vec<Result<Staged, OpenError>> =
-        items.iter().map(|bytes| Staged::new(unseal(bytes)?, trust, now)).collect();
+        items.into_iter().map(|unsealed| Staged::new(unsealed?, trust, now)).collect();
     let candidates: Vec<&Staged> =
         staged.iter().filter_map(|s| s.as_ref().ok()).filter(|s| s.signature.is_some()).collect();
     let all_good = candidates.len() > 1 && {

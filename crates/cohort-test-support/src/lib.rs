@@ -90,16 +90,21 @@ impl NatsServer {
     /// line for a free loopback port.
     pub fn start(config: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
-        NatsServer::start_in(dir, config, free_port())
+        NatsServer::start_in(dir, config, SocketAddr::from(([127, 0, 0, 1], free_port())))
     }
 
     /// Starts it on a given port, e.g. to restart a server where clients expect it.
     pub fn start_on(config: &str, port: u16) -> NatsServer {
-        NatsServer::start_in(tempfile::tempdir().unwrap(), config, port)
+        NatsServer::start_at(config, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
-    fn start_in(dir: tempfile::TempDir, config: &str, port: u16) -> NatsServer {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    /// Starts it listening on `addr`: a loopback port, or an address a test gave a veth
+    /// interface so that nodes in a network namespace reach it.
+    pub fn start_at(config: &str, addr: SocketAddr) -> NatsServer {
+        NatsServer::start_in(tempfile::tempdir().unwrap(), config, addr)
+    }
+
+    fn start_in(dir: tempfile::TempDir, config: &str, addr: SocketAddr) -> NatsServer {
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, format!("listen: \"{addr}\"\n{config}\n")).unwrap();
         let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();

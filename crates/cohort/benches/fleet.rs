@@ -29,6 +29,13 @@
 //! `100,1000,5000,10000`), `COHORT_BENCH_RUNS` (5), `COHORT_BENCH_BROKERS` (`cohort,nats`),
 //! `COHORT_BENCH_SCENARIOS` (all), `COHORT_BENCH_SECURITY` (`on`; `off,on` compares),
 //! `COHORT_BENCH_MEMORY` (`1`; `0` skips the daemon memory run).
+//!
+//! Broker `nats-cluster` is three nats-server members joined by routes, the nodes spread evenly
+//! over them (the client on one): with `nats` in the same run it prints the cluster's p50 over
+//! the single server's, and after the scenarios it kills a member (SIGKILL)
+//! `COHORT_BENCH_FAILOVERS` times (20), measuring from the kill until a ping to every node by
+//! name is answered by all (attempts of at most 1.5 s, the resolution; p50/p90/max; the
+//! member is restarted after each).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -44,26 +51,86 @@ use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
 use cohort_resource::policy::ResourceConfig;
 use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
-use cohort_test_support::{BrokerProcess, cpu_ms, rss_kib};
+use cohort_test_support::{BrokerProcess, NatsServer, cpu_ms, free_port, rss_kib};
 
 /// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
 /// to read, more than the default 64 MiB a broker queues for one connection before calling it
 /// a slow consumer. docs/scaling.md: size max_pending to the largest burst.
-fn start_broker(kind: &str) -> (BrokerProcess, String) {
+const NATS_LIMITS: &str = "max_connections: 100000\nmax_pending: 1073741824\n";
+
+/// The broker of a run: one process, or (`nats-cluster`) three nats-server members joined by
+/// routes on loopback, the nodes spread evenly over them.
+enum Brokers {
+    One(BrokerProcess),
+    Cluster { members: Vec<Option<NatsServer>>, configs: Vec<String>, ports: Vec<u16> },
+}
+
+impl Brokers {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Brokers::One(broker) => vec![broker.pid()],
+            Brokers::Cluster { members, .. } => {
+                members.iter().flatten().map(NatsServer::pid).collect()
+            }
+        }
+    }
+
+    /// CPU of every broker process, in ms.
+    fn cpu_ms(&self) -> f64 {
+        self.pids().iter().map(|pid| cpu_ms(&pid.to_string())).sum()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(rss_kib).sum()
+    }
+
+    /// Kills member `index` (SIGKILL), or restarts it on its port.
+    fn member(&mut self, index: usize, up: bool) {
+        if let Brokers::Cluster { members, configs, ports } = self {
+            members[index] = None;
+            if up {
+                members[index] = Some(NatsServer::start_on(&configs[index], ports[index]));
+            }
+        }
+    }
+}
+
+fn start_broker(kind: &str) -> (Brokers, String) {
+    if kind == "nats-cluster" {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let configs: Vec<String> = (0..3)
+            .map(|index| {
+                let others: Vec<String> = (0..3)
+                    .filter(|other| *other != index)
+                    .map(|other| format!("\"nats-route://127.0.0.1:{}\"", routes[other]))
+                    .collect();
+                format!(
+                    "{NATS_LIMITS}server_name: m{index}\ncluster {{\n  name: bench\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                    routes[index],
+                    others.join(", ")
+                )
+            })
+            .collect();
+        let members: Vec<Option<NatsServer>> =
+            (0..3).map(|index| Some(NatsServer::start_on(&configs[index], ports[index]))).collect();
+        let url = ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>();
+        return (Brokers::Cluster { members, configs, ports }, url.join(","));
+    }
     let broker = BrokerProcess::start(
         kind,
         std::path::Path::new(env!("CARGO_BIN_EXE_cohort")),
         "max_pending = 1073741824\n",
-        "max_connections: 100000\nmax_pending: 1073741824",
+        NATS_LIMITS,
     );
     let url = broker.url();
-    (broker, url)
+    (Brokers::One(broker), url)
 }
 
 /// A client with the CLI's discovery history in `history` (a file per fleet).
 async fn client(url: &str, security: &ClientSecurity, history: &std::path::Path) -> Client {
     Client::connect(ClientOptions {
-        brokers: vec![url.to_owned()],
+        brokers: url.split(',').map(str::to_owned).collect(),
         caller: "user=bench".into(),
         sender: "bench".into(),
         connect_timeout: Duration::from_secs(10),
@@ -159,6 +226,22 @@ async fn round_trip(
         return Err(format!("{} {what}", bad.reply.sender));
     }
     Ok(elapsed)
+}
+
+/// `rpcutil ping` to every node of a fleet of `n` by name, waiting `timeout` at most.
+fn everyone(n: u32, timeout: Duration) -> Call {
+    let expected =
+        cohort_daemon::sim::plan(n, 7).into_iter().map(|(identity, _)| identity).collect();
+    Call {
+        agent: AgentName::new("rpcutil").unwrap(),
+        action: "ping".into(),
+        data: serde_json::Map::new(),
+        filter: Filter::default(),
+        collective: Collective::new("cohort").unwrap(),
+        targets: Targets::Broadcast { expected },
+        timeout,
+        ttl: 60,
+    }
 }
 
 /// A check of one reply's data.
@@ -319,6 +402,8 @@ fn main() {
         .ok()
         .map(|v| v.split(',').map(|s| s.trim() == "on").collect())
         .unwrap_or_else(|| vec![true]);
+    let failovers: usize =
+        std::env::var("COHORT_BENCH_FAILOVERS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let mut failures = 0;
     let mut p50s: BTreeMap<(u32, &str, String, bool), f64> = BTreeMap::new();
     println!(
@@ -332,8 +417,8 @@ fn main() {
         for kind in &brokers {
             for &n in &sizes {
                 let (fleet_security, client_security) = security(secure);
-                let (broker, url) = start_broker(kind);
-                let idle_rss = rss_kib(broker.pid());
+                let (mut broker, url) = start_broker(kind);
+                let idle_rss = broker.rss_kib();
                 let started = Instant::now();
                 let history = tempfile::tempdir().unwrap();
                 let history = history.path().join("discovery.json");
@@ -359,14 +444,13 @@ fn main() {
                 wait_for(&client, n as usize).await;
                 eprintln!("{kind}: {n} nodes up in {:.1} s", started.elapsed().as_secs_f64());
                 if n == *sizes.iter().max().unwrap() && secure == modes[0] {
-                    let rss = rss_kib(broker.pid());
+                    let rss = broker.rss_kib();
                     broker_rss.push((kind.clone(), n, rss, (rss.saturating_sub(idle_rss)) as f64 / f64::from(n)));
                 }
                 for name in SCENARIOS.iter().copied().filter(|s| scenarios.iter().any(|w| w == s)) {
                     let mut times = Vec::new();
                     let mut cpus = Vec::new();
                     let mut exact = 0;
-                    let broker_pid = broker.pid().to_string();
                     // Warm-up, as a user's first command with a filter: it holds to --dt
                     // and records the count the measured runs then expect.
                     if let Err(err) = scenario(name, &url, &client, &client_security, &history, n as usize).await {
@@ -376,10 +460,10 @@ fn main() {
                     for _ in 0..runs {
                         // Everything the run costs: this process (client and simulated nodes)
                         // plus the broker process.
-                        let cpu_before = cpu_ms("self") + cpu_ms(&broker_pid);
+                        let cpu_before = cpu_ms("self") + broker.cpu_ms();
                         let outcome =
                             scenario(name, &url, &client, &client_security, &history, n as usize).await;
-                        let cpu = cpu_ms("self") + cpu_ms(&broker_pid) - cpu_before;
+                        let cpu = cpu_ms("self") + broker.cpu_ms() - cpu_before;
                         match outcome {
                             Ok(elapsed) => {
                                 exact += 1;
@@ -409,6 +493,41 @@ fn main() {
                         times.last().unwrap().as_secs_f64() * 1000.0
                     );
                 }
+                if matches!(broker, Brokers::Cluster { .. }) && failovers > 0 {
+                    let mut times = Vec::new();
+                    for run in 0..failovers {
+                        let victim = run % 3;
+                        broker.member(victim, false);
+                        let killed = Instant::now();
+                        // Until a ping to every node (by name: no discovery, whose --dt
+                        // would set the resolution) is answered by all of them; an attempt
+                        // ends when all answered (a full round takes about 0.8 s at 10,000
+                        // nodes) or after 1.5 s, so the resolution is one attempt.
+                        loop {
+                            let result = client.call(everyone(n, Duration::from_millis(1500)), |_| {}).await;
+                            match result {
+                                Ok(result) if result.stats.ok == n as usize => break,
+                                _ if killed.elapsed() < Duration::from_secs(120) => {}
+                                other => {
+                                    failures += 1;
+                                    let ok = other.map(|r| r.stats.ok);
+                                    eprintln!("FAILURE {kind} failover {run}: {ok:?} of {n}");
+                                    break;
+                                }
+                            }
+                        }
+                        times.push(killed.elapsed());
+                        broker.member(victim, true);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    times.sort();
+                    println!(
+                        "| {kind} | {on_off} | {n} | failover (member killed until every node answers) | {:.0} ms | {:.0} ms | {:.0} ms | - | {failovers} runs |",
+                        pct(&times, 0.5),
+                        pct(&times, 0.9),
+                        pct(&times, 1.0)
+                    );
+                }
             });
                 nodes_runtime.block_on(fleet.stop());
                 drop(broker);
@@ -427,6 +546,23 @@ fn main() {
                     {
                         let on_off = if secure { "on" } else { "off" };
                         println!("| {on_off} | {n} | {name} | {:.2}x |", ours / theirs);
+                    }
+                }
+            }
+        }
+    }
+    if brokers.iter().any(|kind| kind == "nats-cluster") {
+        println!("\n| security | nodes | scenario | 3-member cluster / one nats-server (p50) |");
+        println!("|---|---|---|---|");
+        for &secure in &modes {
+            for &n in &sizes {
+                for name in SCENARIOS {
+                    let key = |kind: &str| (n, name, kind.to_owned(), secure);
+                    if let (Some(cluster), Some(one)) =
+                        (p50s.get(&key("nats-cluster")), p50s.get(&key("nats")))
+                    {
+                        let on_off = if secure { "on" } else { "off" };
+                        println!("| {on_off} | {n} | {name} | {:.2}x |", cluster / one);
                     }
                 }
             }

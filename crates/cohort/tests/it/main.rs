@@ -15,6 +15,8 @@ mod latecomers;
 mod nagios;
 mod node_metrics;
 mod operator;
+mod package;
+mod partition;
 mod process;
 mod provision;
 mod puppet;

@@ -46,7 +46,7 @@ enum Broker {
 
 /// What `cohort broker nats-config` generates for the key directory, without its listen line
 /// (the harness writes its own).
-fn nats_config(keys_dir: &Path, addr: std::net::SocketAddr) -> String {
+pub(crate) fn nats_config(keys_dir: &Path, addr: std::net::SocketAddr) -> String {
     let output = cohort()
         .args(["broker", "nats-config", "--listen", &addr.to_string(), "--keys"])
         .arg(keys_dir)
@@ -1394,7 +1394,7 @@ fn the_readme_secure_deployment_works_as_written() {
     ))
     .unwrap();
     let exec_start = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
-    let exec_start = localize(exec_start).replace("/usr/local/bin/cohort", "cohort");
+    let exec_start = localize(exec_start).replace("/usr/bin/cohort", "cohort");
     let node = Daemon::spawn(sh(&format!("exec {exec_start} --identity web1.example.net")));
 
     // 3. The operator's client.toml, next to the files it names.
