@@ -32,7 +32,7 @@ use cohort_proto::{
     AgentName, Collective, Filter, Identity, PROTOCOL, Request, RequestId, RpcBody, VERSION,
     broadcast_subject, node_subject, now_ms,
 };
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 pub use selection::{Count, Pick, Selection, Spread, reply_timeout};
 pub use types::{
@@ -137,9 +137,15 @@ impl Client {
         if let Some(ca) = &options.security.tls_ca {
             connect = connect.add_root_certificates(ca.clone()).require_tls(true);
         }
+        // The daemons' policy: immediately, then jittered backoff; a PING every 10 s notices a
+        // silently dropped connection (the provisioner and the scheduler run for days).
         let connect = connect
             .name(format!("cohort client {}", options.caller))
             .connection_timeout(options.connect_timeout)
+            .ping_interval(cohort_proto::PING_INTERVAL)
+            .reconnect_delay_callback(|attempts| {
+                cohort_proto::reconnect_delay(attempts, rand::thread_rng().gen_range(0.5..1.5))
+            })
             .connect(servers);
         let nats =
             match tokio::time::timeout(options.connect_timeout + Duration::from_secs(1), connect)

@@ -183,13 +183,6 @@ pub enum Signal {
     Shutdown,
 }
 
-/// How often the daemon PINGs its broker. A connection the network silently dropped (a
-/// partition, a pulled cable: no FIN or RST ever arrives) is noticed after three unanswered
-/// PINGs, and once the network heals the next PING meets the broker's reset at once, so the
-/// node is back within this interval instead of async-nats' default minute. 10,000 nodes cost
-/// the broker 1,000 small messages a second.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-
 /// Connects to the first reachable broker of `urls`, retrying forever in the background when
 /// none is up yet, and reconnecting with jittered exponential backoff when the connection drops.
 /// Each time the connection comes back after a loss, `reconnects` is counted.
@@ -208,10 +201,10 @@ pub async fn connect(
             std::future::ready(())
         })
         .name(name)
-        .ping_interval(PING_INTERVAL)
+        .ping_interval(cohort_proto::PING_INTERVAL)
         .retry_on_initial_connect()
         .reconnect_delay_callback(|attempts| {
-            reconnect_delay(attempts, rand::thread_rng().gen_range(0.5..1.5))
+            cohort_proto::reconnect_delay(attempts, rand::thread_rng().gen_range(0.5..1.5))
         })
         .connect(servers)
         .await
@@ -286,20 +279,6 @@ impl LinkLog {
             _ => {}
         }
     }
-}
-
-/// How long to wait before connection attempt `attempt` (counted from 1, as async-nats does):
-/// nothing before the first, so a node is on the bus as soon as it starts; then jittered
-/// exponential backoff (`jitter` in 0.5..1.5), from 100 ms up to 10 s, between failed ones.
-pub fn reconnect_delay(attempt: usize, jitter: f64) -> Duration {
-    if attempt <= 1 {
-        return Duration::ZERO;
-    }
-    let failures = u32::try_from(attempt - 2).unwrap_or(u32::MAX).min(7);
-    Duration::from_millis(100)
-        .saturating_mul(1 << failures)
-        .min(Duration::from_secs(10))
-        .mul_f64(jitter)
 }
 
 /// The node's subscriptions, by subject. A reload or an agent's activation changing touches
@@ -496,22 +475,5 @@ async fn register(client: &async_nats::Client, state: &NodeState) {
         .await
     {
         tracing::warn!("registration not sent: {err}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_attempt_is_immediate_and_failures_back_off() {
-        let ms = Duration::from_millis;
-        assert_eq!(reconnect_delay(0, 1.0), Duration::ZERO);
-        assert_eq!(reconnect_delay(1, 1.4), Duration::ZERO);
-        assert_eq!(reconnect_delay(2, 1.0), ms(100));
-        assert_eq!(reconnect_delay(3, 1.0), ms(200));
-        assert_eq!(reconnect_delay(5, 0.5), ms(400));
-        assert_eq!(reconnect_delay(50, 1.0), ms(10_000));
-        assert_eq!(reconnect_delay(usize::MAX, 1.5), ms(15_000));
     }
 }
