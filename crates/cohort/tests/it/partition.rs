@@ -53,6 +53,9 @@ impl Namespace {
             ns_ip: octets(2),
         };
         let ns_link = format!("cpn{id}");
+        // Left over from a run with our PID that was killed before its clean-up: start afresh.
+        let _ = ip(&["link", "del", &namespace.host_link]);
+        let _ = ip(&["netns", "del", &namespace.name]);
         ip(&["netns", "add", &namespace.name])?;
         ip(&["link", "add", &namespace.host_link, "type", "veth", "peer", "name", &ns_link])?;
         ip(&["link", "set", &ns_link, "netns", &namespace.name])?;
