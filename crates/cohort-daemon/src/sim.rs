@@ -215,6 +215,9 @@ impl Fleet {
             policies: None,
             trust: None,
         };
+        // Parsed once for the whole fleet; each node gets the list rotated to start at its own.
+        let members: Vec<async_nats::ServerAddr> =
+            url.split(',').map(str::trim).filter_map(|member| member.parse().ok()).collect();
         for (identity, facts) in plan(count, seed) {
             let state = NodeState::new(
                 identity.clone(),
@@ -257,11 +260,8 @@ impl Fleet {
                 nkey_seed: security.broker_login.then(|| security.node_key(&identity).seed()),
                 tls_ca: security.tls_ca.clone(),
             });
-            let members: Vec<&str> = url.split(',').map(str::trim).collect();
             let servers: Vec<async_nats::ServerAddr> = (0..members.len())
-                .filter_map(|shift| {
-                    members[(fleet.stops.len() + shift) % members.len()].parse().ok()
-                })
+                .map(|shift| members[(fleet.stops.len() + shift) % members.len()].clone())
                 .collect();
             let client = auth
                 .apply(async_nats::ConnectOptions::new())

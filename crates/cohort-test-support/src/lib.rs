@@ -172,6 +172,23 @@ impl Drop for NatsServer {
     }
 }
 
+/// The part of a nats-server configuration that makes it member `index` of a cluster whose
+/// members route to each other on the loopback ports `routes` (`server_name: m<index>`, the
+/// cluster named `cohort`); the rest (limits, users, TLS) is the caller's.
+pub fn cluster_member(index: usize, routes: &[u16]) -> String {
+    let others: Vec<String> = routes
+        .iter()
+        .enumerate()
+        .filter(|(other, _)| *other != index)
+        .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
+        .collect();
+    format!(
+        "server_name: m{index}\ncluster {{\n  name: cohort\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+        routes[index],
+        others.join(", ")
+    )
+}
+
 /// Where the Nagios plugins from Debian's `monitoring-plugins-basic` are, installing the package
 /// (as root, with apt) when they are missing, so `cargo test` works on a fresh machine.
 pub fn nagios_plugins_dir() -> PathBuf {

@@ -51,7 +51,7 @@ use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
 use cohort_resource::policy::ResourceConfig;
 use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
-use cohort_test_support::{BrokerProcess, NatsServer, cpu_ms, free_port, rss_kib};
+use cohort_test_support::{BrokerProcess, NatsServer, cluster_member, cpu_ms, free_port, rss_kib};
 
 /// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
 /// to read, more than the default 64 MiB a broker queues for one connection before calling it
@@ -100,17 +100,7 @@ fn start_broker(kind: &str) -> (Brokers, String) {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let configs: Vec<String> = (0..3)
-            .map(|index| {
-                let others: Vec<String> = (0..3)
-                    .filter(|other| *other != index)
-                    .map(|other| format!("\"nats-route://127.0.0.1:{}\"", routes[other]))
-                    .collect();
-                format!(
-                    "{NATS_LIMITS}server_name: m{index}\ncluster {{\n  name: bench\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                    routes[index],
-                    others.join(", ")
-                )
-            })
+            .map(|index| format!("{NATS_LIMITS}{}", cluster_member(index, &routes)))
             .collect();
         let members: Vec<Option<NatsServer>> =
             (0..3).map(|index| Some(NatsServer::start_on(&configs[index], ports[index]))).collect();
@@ -228,10 +218,13 @@ async fn round_trip(
     Ok(elapsed)
 }
 
+/// The simulated fleet's seed: its identities are `plan(n, SEED)`.
+const SEED: u64 = 7;
+
 /// `rpcutil ping` to every node of a fleet of `n` by name, waiting `timeout` at most.
 fn everyone(n: u32, timeout: Duration) -> Call {
     let expected =
-        cohort_daemon::sim::plan(n, 7).into_iter().map(|(identity, _)| identity).collect();
+        cohort_daemon::sim::plan(n, SEED).into_iter().map(|(identity, _)| identity).collect();
     Call {
         agent: AgentName::new("rpcutil").unwrap(),
         action: "ping".into(),
@@ -405,7 +398,7 @@ fn main() {
     let failovers: usize =
         std::env::var("COHORT_BENCH_FAILOVERS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let mut failures = 0;
-    let mut p50s: BTreeMap<(u32, &str, String, bool), f64> = BTreeMap::new();
+    let mut p50s: P50s = BTreeMap::new();
     println!(
         "| broker | security | nodes | scenario | p50 | p90 | max | CPU per run (p50) | runs with exact count |"
     );
@@ -433,7 +426,7 @@ fn main() {
                     .block_on(Fleet::start(
                         &url,
                         n,
-                        7,
+                        SEED,
                         fleet_security.as_ref(),
                         None,
                         Some(&agents),
@@ -495,6 +488,7 @@ fn main() {
                 }
                 if matches!(broker, Brokers::Cluster { .. }) && failovers > 0 {
                     let mut times = Vec::new();
+                    let ping = everyone(n, Duration::from_millis(1500));
                     for run in 0..failovers {
                         let victim = run % 3;
                         broker.member(victim, false);
@@ -504,7 +498,7 @@ fn main() {
                         // ends when all answered (a full round takes about 0.8 s at 10,000
                         // nodes) or after 1.5 s, so the resolution is one attempt.
                         loop {
-                            let result = client.call(everyone(n, Duration::from_millis(1500)), |_| {}).await;
+                            let result = client.call(ping.clone(), |_| {}).await;
                             match result {
                                 Ok(result) if result.stats.ok == n as usize => break,
                                 _ if killed.elapsed() < Duration::from_secs(120) => {}
@@ -534,40 +528,8 @@ fn main() {
             }
         }
     }
-    if brokers.len() == 2 {
-        println!("\n| security | nodes | scenario | cohort / nats-server (p50) |");
-        println!("|---|---|---|---|");
-        for &secure in &modes {
-            for &n in &sizes {
-                for name in SCENARIOS {
-                    let key = |kind: &str| (n, name, kind.to_owned(), secure);
-                    if let (Some(ours), Some(theirs)) =
-                        (p50s.get(&key("cohort")), p50s.get(&key("nats")))
-                    {
-                        let on_off = if secure { "on" } else { "off" };
-                        println!("| {on_off} | {n} | {name} | {:.2}x |", ours / theirs);
-                    }
-                }
-            }
-        }
-    }
-    if brokers.iter().any(|kind| kind == "nats-cluster") {
-        println!("\n| security | nodes | scenario | 3-member cluster / one nats-server (p50) |");
-        println!("|---|---|---|---|");
-        for &secure in &modes {
-            for &n in &sizes {
-                for name in SCENARIOS {
-                    let key = |kind: &str| (n, name, kind.to_owned(), secure);
-                    if let (Some(cluster), Some(one)) =
-                        (p50s.get(&key("nats-cluster")), p50s.get(&key("nats")))
-                    {
-                        let on_off = if secure { "on" } else { "off" };
-                        println!("| {on_off} | {n} | {name} | {:.2}x |", cluster / one);
-                    }
-                }
-            }
-        }
-    }
+    ratios(&p50s, &modes, &sizes, ("cohort", "nats"), "cohort / nats-server");
+    ratios(&p50s, &modes, &sizes, ("nats-cluster", "nats"), "3-member cluster / one nats-server");
     if modes.len() == 2 {
         // The floor: two cores cannot do more than two CPU-seconds per second, so a run that
         // needs C of CPU takes at least C / 2, whatever the scheduling.
@@ -606,6 +568,33 @@ fn main() {
     if failures > 0 {
         eprintln!("{failures} run(s) did not account for every node");
         std::process::exit(1);
+    }
+}
+
+/// p50 of each run, by nodes, scenario, broker and security.
+type P50s = BTreeMap<(u32, &'static str, String, bool), f64>;
+
+/// The table of `p50(a) / p50(b)` for every cell both brokers ran, titled `title`; nothing when
+/// the run did not include both.
+fn ratios(p50s: &P50s, modes: &[bool], sizes: &[u32], (a, b): (&str, &str), title: &str) {
+    let mut rows = Vec::new();
+    for &secure in modes {
+        for &n in sizes {
+            for name in SCENARIOS {
+                let key = |kind: &str| (n, name, kind.to_owned(), secure);
+                if let (Some(a), Some(b)) = (p50s.get(&key(a)), p50s.get(&key(b))) {
+                    let on_off = if secure { "on" } else { "off" };
+                    rows.push(format!("| {on_off} | {n} | {name} | {:.2}x |", a / b));
+                }
+            }
+        }
+    }
+    if !rows.is_empty() {
+        println!("\n| security | nodes | scenario | {title} (p50) |");
+        println!("|---|---|---|---|");
+        for row in rows {
+            println!("{row}");
+        }
     }
 }
 

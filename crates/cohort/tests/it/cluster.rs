@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cohort_keystore::KeyDir;
 use cohort_security::Role;
-use cohort_test_support::{NatsServer, free_port, wait_for_listener};
+use cohort_test_support::{NatsServer, cluster_member, free_port, wait_for_listener};
 use serde_json::Value;
 
 use crate::process::{Daemon, cohort, executable, slow_tests, write};
@@ -25,18 +25,7 @@ const ROUNDS: usize = 20;
 /// Member `index` of the cluster: the generated configuration (users, permissions, TLS) plus
 /// its name and routes.
 fn member(index: usize, generated: &str, ports: &[u16], routes: &[u16]) -> NatsServer {
-    let others: Vec<String> = routes
-        .iter()
-        .enumerate()
-        .filter(|(other, _)| *other != index)
-        .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
-        .collect();
-    let config = format!(
-        "{generated}server_name: m{index}\ncluster {{\n  name: cohort\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-        routes[index],
-        others.join(", ")
-    );
-    NatsServer::start_on(&config, ports[index])
+    NatsServer::start_on(&format!("{generated}{}", cluster_member(index, routes)), ports[index])
 }
 
 /// Issues the 200 node credentials in-process (the CLI would take a process start each).

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cohort_test_support::{NatsServer, free_port};
+use cohort_test_support::{NatsServer, cluster_member, free_port};
 use serde_json::Value;
 
 use crate::process::{Daemon, cohort, slow_tests, write};
@@ -106,16 +106,10 @@ fn a_partitioned_minority_is_named_and_comes_back_when_the_network_heals() {
     // every second, so it drops the cut-off connections while the partition lasts and the
     // nodes must really reconnect after it.
     let routes = [free_port(), free_port()];
-    let member = |index: usize, extra: &str| {
-        format!(
-            "server_name: m{index}\n{extra}cluster {{\n  name: cohort\n  listen: \"127.0.0.1:{}\"\n  routes: [\"nats-route://127.0.0.1:{}\"]\n}}\n",
-            routes[index],
-            routes[1 - index]
-        )
-    };
-    let m0 = NatsServer::start(&member(0, ""));
+    let m0 = NatsServer::start(&cluster_member(0, &routes));
     let m1_addr = SocketAddr::from((namespace.host_ip, free_port()));
-    let m1 = NatsServer::start_at(&member(1, "ping_interval: \"1s\"\nping_max: 2\n"), m1_addr);
+    let m1_config = format!("ping_interval: \"1s\"\nping_max: 2\n{}", cluster_member(1, &routes));
+    let m1 = NatsServer::start_at(&m1_config, m1_addr);
 
     let spawn = |name: &str, url: &str, inside: bool| {
         let mut command = if inside {
