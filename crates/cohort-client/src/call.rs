@@ -121,6 +121,7 @@ impl Client {
                 ending: session.ending.clone(),
                 pending: std::mem::take(&mut session.pending),
                 trust: self.options.security.trust.clone(),
+                reply_keys: self.options.security.reply_keys.clone(),
                 check_after: session.ending.window(),
             };
             collector.follow(following, session.last_heard);

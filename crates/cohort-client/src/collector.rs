@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_proto::{Collective, Identity, RequestId, StatusCode};
-use cohort_security::Trust;
+use cohort_security::{ReplyKeys, Trust};
 
 use crate::ending::{Ending, Verdict};
 use crate::verify::Pending;
@@ -41,6 +41,8 @@ pub(crate) struct Following {
     pub(crate) pending: Pending,
     /// Issuers to verify them against.
     pub(crate) trust: Option<Arc<Trust>>,
+    /// The client's reply keys, for MAC'd replies.
+    pub(crate) reply_keys: Option<Arc<ReplyKeys>>,
     /// How long the call must be quiet before outstanding nodes' discovery replies are checked.
     pub(crate) check_after: Duration,
 }
@@ -62,6 +64,7 @@ pub(crate) struct Collector {
     discovery_open: bool,
     pending: Pending,
     trust: Option<Arc<Trust>>,
+    reply_keys: Option<Arc<ReplyKeys>>,
     check_after: Duration,
     last_heard: Instant,
     /// Every node discovery named was refuted as a forgery: nobody is left to wait for.
@@ -112,6 +115,7 @@ impl Collector {
             discovery_open: false,
             pending: Pending::default(),
             trust: None,
+            reply_keys: None,
             check_after: MIN_CHECK_AFTER,
             last_heard: now,
             refuted_all: false,
@@ -127,6 +131,7 @@ impl Collector {
         self.discovery_open = true;
         self.pending = following.pending;
         self.trust = following.trust;
+        self.reply_keys = following.reply_keys;
         self.check_after = following.check_after.max(MIN_CHECK_AFTER);
         self.last_heard = last_heard;
     }
@@ -252,7 +257,9 @@ impl Collector {
             && self.last_heard + self.check_after <= now
             && let Some(trust) = self.trust.clone()
         {
-            let (refuted, refused) = self.pending.refute(&trust, self.outstanding.iter().cloned());
+            let keys = self.reply_keys.as_deref();
+            let (refuted, refused) =
+                self.pending.refute(&trust, keys, self.outstanding.iter().cloned());
             for node in &refuted {
                 self.expected.remove(node);
                 self.outstanding.remove(node);
@@ -287,7 +294,8 @@ impl Collector {
         if let Some(trust) = self.trust.clone() {
             let silent: Vec<Identity> =
                 self.expected.iter().filter(|node| !self.seen.contains(*node)).cloned().collect();
-            let (refuted, refused) = self.pending.refute(&trust, silent.into_iter());
+            let keys = self.reply_keys.as_deref();
+            let (refuted, refused) = self.pending.refute(&trust, keys, silent.into_iter());
             for node in &refuted {
                 self.expected.remove(node);
             }
@@ -366,6 +374,7 @@ mod tests {
             ending: Ending::new(t, MS * 300, MS * 300, MS * 50, expect).without_probe(),
             pending: Pending::default(),
             trust: None,
+            reply_keys: None,
             check_after: MS * 20,
         }
     }

@@ -205,7 +205,7 @@ fn client_security(file: &ClientFile) -> Result<ClientSecurity, ConfigError> {
             )?;
         Some(Arc::new(trust))
     };
-    Ok(ClientSecurity { signer, trust, tls_ca: file.tls_ca.clone() })
+    Ok(ClientSecurity { signer, trust, tls_ca: file.tls_ca.clone(), reply_keys: None })
 }
 
 /// The file to read when none is given: `$COHORT_CONFIG`, the user's, the system's.

@@ -29,8 +29,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use cohort_proto::{
-    AgentName, Collective, Filter, Identity, PROTOCOL, Request, RequestId, RpcBody, VERSION,
-    broadcast_subject, node_subject, now_ms,
+    AgentName, Collective, Filter, Identity, PROTOCOL, ReplyProof, Request, RequestId, RpcBody,
+    VERSION, broadcast_subject, node_subject, now_ms,
 };
 use rand::{Rng, RngCore};
 
@@ -230,6 +230,10 @@ impl Client {
             filter,
             body,
             reply_to: None,
+            reply_proof: match (&self.options.security.signer, &self.options.security.reply_keys) {
+                (Some(_), Some(_)) => ReplyProof::Mac,
+                _ => ReplyProof::Signature,
+            },
         }
     }
 
@@ -244,6 +248,8 @@ impl Client {
         let (id, mut request) = self.call_request(call, reply_to.is_some());
         // Secure nodes reply only where the signature says.
         request.reply_to = reply_to.map(str::to_owned);
+        // Whoever collects them elsewhere may not hold this client's reply keys.
+        request.reply_proof = ReplyProof::Signature;
         let bytes: bytes::Bytes = self.encode(&request).into();
         for subject in subjects(call) {
             let sent = match reply_to {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cohort_proto::{AgentName, Collective, Filter, Identity, Reply, RequestId};
-use cohort_security::{Signer, Trust};
+use cohort_security::{ReplyKeys, Signer, Trust};
 use serde_json::{Map, Value};
 
 use crate::history::History;
@@ -48,6 +48,22 @@ pub struct ClientSecurity {
     pub trust: Option<Arc<Trust>>,
     /// CA certificate of the broker's TLS certificate; TLS is then required.
     pub tls_ca: Option<PathBuf>,
+    /// With it, requests ask nodes to prove their replies with a MAC under a key only this
+    /// client and the node share ([`ReplyProof::Mac`](cohort_proto::ReplyProof::Mac)) instead
+    /// of a signature: ~32 µs per node the first time, ~1 µs per reply after that, against
+    /// ~15 µs per reply for a signature. For clients that live long and call the same nodes
+    /// repeatedly ([`ClientSecurity::with_mac_replies`]); a one-shot command is better off
+    /// with signatures.
+    pub reply_keys: Option<Arc<ReplyKeys>>,
+}
+
+impl ClientSecurity {
+    /// Asks for MAC'd replies (see `reply_keys`), when the client signs its requests.
+    #[must_use]
+    pub fn with_mac_replies(mut self) -> ClientSecurity {
+        self.reply_keys = self.signer.as_ref().map(|signer| Arc::new(ReplyKeys::new(signer.key())));
+        self
+    }
 }
 
 /// A reply that arrived but did not verify: counted and shown, never merged with results.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use cohort_proto::{Identity, Reply, now_ms};
-use cohort_security::{Role, Trust};
+use cohort_security::{ReplyKeys, Role, Trust};
 use futures::{FutureExt, StreamExt};
 
 use crate::{ClientSecurity, Unverified};
@@ -89,8 +89,10 @@ impl Replies {
                     None => break,
                 }
             }
-            let verifying = self.security.trust.is_some() && !self.defer;
-            if verifying && !ended && self.gathering.len() < BATCH {
+            // MAC'd replies are checked one by one at ~1 µs: nothing to gather for.
+            let batching =
+                self.security.trust.is_some() && self.security.reply_keys.is_none() && !self.defer;
+            if batching && !ended && self.gathering.len() < BATCH {
                 let more = tokio::time::timeout_at(self.gather_until.into(), self.sub.next());
                 if let Ok(Some(message)) = more.await {
                     self.gathering.push(message);
@@ -168,7 +170,8 @@ fn decode_batch(
     }
     if let Some(trust) = &security.trust {
         let (indices, read): (Vec<usize>, Vec<Read<'_>>) = sealed.into_iter().unzip();
-        for (index, checked) in indices.into_iter().zip(verify_read(trust, read)) {
+        let keys = security.reply_keys.as_deref();
+        for (index, checked) in indices.into_iter().zip(verify_read(trust, keys, read)) {
             out[index] = checked;
         }
     }
@@ -181,21 +184,30 @@ type Read<'a> = (&'a [u8], Result<cohort_security::Unsealed, cohort_security::Op
 /// Verifies signed replies together: each comes out as a reply, as unverified with the reason,
 /// or as `None` when it is not a reply at all. A reply counts only when it is signed by a node
 /// credential for the identity it names.
-pub(crate) fn verify_sealed(trust: &Trust, payloads: &[&[u8]]) -> Vec<Option<Incoming>> {
+pub(crate) fn verify_sealed(
+    trust: &Trust,
+    keys: Option<&ReplyKeys>,
+    payloads: &[&[u8]],
+) -> Vec<Option<Incoming>> {
     verify_read(
         trust,
+        keys,
         payloads.iter().map(|payload| (*payload, cohort_security::unseal(payload))).collect(),
     )
 }
 
 /// [`verify_sealed`] for replies already read.
-fn verify_read(trust: &Trust, read: Vec<Read<'_>>) -> Vec<Option<Incoming>> {
+fn verify_read(
+    trust: &Trust,
+    keys: Option<&ReplyKeys>,
+    read: Vec<Read<'_>>,
+) -> Vec<Option<Incoming>> {
     let claimed = |message: &str| {
         Reply::from_bytes(message.as_bytes()).ok().map(|reply| reply.sender.to_string())
     };
     let now = now_ms(SystemTime::now()) / 1000;
     let (payloads, unsealed): (Vec<&[u8]>, Vec<_>) = read.into_iter().unzip();
-    let opened = cohort_security::open_unsealed(unsealed, trust, now);
+    let opened = cohort_security::open_unsealed(unsealed, trust, now, keys);
     payloads
         .iter()
         .zip(opened)
@@ -272,6 +284,7 @@ impl Pending {
     pub(crate) fn refute(
         &mut self,
         trust: &Trust,
+        keys: Option<&ReplyKeys>,
         nodes: impl Iterator<Item = Identity>,
     ) -> (BTreeSet<Identity>, Vec<Unverified>) {
         let mut claims: Vec<(Identity, Bytes)> = Vec::new();
@@ -281,7 +294,7 @@ impl Pending {
             }
         }
         let payloads: Vec<&[u8]> = claims.iter().map(|(_, payload)| payload.as_ref()).collect();
-        let checked = verify_sealed(trust, &payloads);
+        let checked = verify_sealed(trust, keys, &payloads);
         let mut confirmed = BTreeSet::new();
         let mut refused = Vec::new();
         for ((node, _), result) in claims.iter().zip(checked) {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cohort_ddl::validate_inputs;
 use cohort_proto::{
-    AgentName, Collective, DISCOVERY_AGENT, Identity, PROTOCOL, Reply, Request, StatusCode,
-    VERSION, now_ms, reply_subject,
+    AgentName, Collective, DISCOVERY_AGENT, Identity, PROTOCOL, Reply, ReplyProof, Request,
+    StatusCode, VERSION, now_ms, reply_subject,
 };
-use cohort_security::Unsealed;
+use cohort_security::{ReplyKey, Unsealed, Verified};
 use serde_json::{Map, Value};
 
 use crate::agent::{ActionRequest, Agent, Context, Outcome};
@@ -85,8 +85,9 @@ impl Hosted {
 /// What the pipeline decided about one message.
 #[derive(Debug)]
 pub enum Handled {
-    /// Send this reply.
-    Reply(Box<Reply>),
+    /// Send this reply: signed, or with a MAC under this key when the caller asked for that
+    /// ([`cohort_proto::ReplyProof::Mac`]).
+    Reply(Box<Reply>, Option<ReplyKey>),
     /// Acted, but the caller asked for no reply.
     NoReply,
     /// Not for this node, expired, or not a valid request: stay silent.
@@ -151,9 +152,15 @@ impl NodeState {
         self.audit.as_ref()
     }
 
-    /// The bytes to publish for `reply`: signed when security is on.
-    pub fn reply_bytes(&self, reply: &Reply) -> Vec<u8> {
-        self.outgoing(reply.to_bytes())
+    /// The bytes to publish for `reply`: signed when security is on, or with a MAC under `key`
+    /// when the caller asked for one.
+    pub fn reply_bytes(&self, reply: &Reply, key: Option<&ReplyKey>) -> Vec<u8> {
+        match (&self.security, key) {
+            (Some(security), Some(key)) => {
+                security.signer.seal_mac(&String::from_utf8_lossy(&reply.to_bytes()), key)
+            }
+            _ => self.outgoing(reply.to_bytes()),
+        }
     }
 
     /// Signs an outgoing envelope when security is on.
@@ -301,8 +308,8 @@ impl NodeState {
             Stats::bump(&self.stats.filtered);
             return Handled::Ignored("filtered");
         }
-        let verified = match &self.security {
-            None => false,
+        let (verified, reply_key) = match &self.security {
+            None => (false, None),
             Some(security) => {
                 let checked = match unsealed {
                     Some(unsealed) => self.verify(security, unsealed, &request, now),
@@ -310,12 +317,20 @@ impl NodeState {
                     // change, an unsigned request is still never acted on here.
                     None => Err(self.unverified("unsigned", "unsigned request".to_owned(), None)),
                 };
-                if let Err(refusal) = checked {
-                    tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
-                    self.refuse_unverified(Some(&request), &refusal.reason, now);
-                    return Handled::Ignored(refusal.kind);
+                match checked {
+                    Err(refusal) => {
+                        tracing::debug!(node = %self.identity, "refusing a message: {}", refusal.reason);
+                        self.refuse_unverified(Some(&request), &refusal.reason, now);
+                        return Handled::Ignored(refusal.kind);
+                    }
+                    // A caller whose key agrees no secret (small order) gets signed replies.
+                    Ok(signer) => (
+                        true,
+                        (request.reply_proof == ReplyProof::Mac)
+                            .then(|| security.reply_keys.with(&signer.key))
+                            .flatten(),
+                    ),
                 }
-                true
             }
         };
         let age_ms = now_ms(now) - request.time;
@@ -415,7 +430,7 @@ impl NodeState {
             return Handled::NoReply;
         }
         Stats::bump(&self.stats.replies);
-        Handled::Reply(Box::new(Reply {
+        let reply = Box::new(Reply {
             protocol: PROTOCOL.to_owned(),
             version: VERSION,
             request_id: request.id,
@@ -426,7 +441,8 @@ impl NodeState {
             status: outcome.status,
             status_message: outcome.message,
             data: outcome.data,
-        }))
+        });
+        Handled::Reply(reply, reply_key)
     }
 
     /// Decodes a message; on a secure node, also returns its signed envelope, to be verified
@@ -471,7 +487,7 @@ impl NodeState {
         unsealed: Unsealed,
         request: &Request,
         now: SystemTime,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Arc<Verified>, Refusal> {
         let opened = unsealed
             .verify(&security.trust(), now_ms(now) / 1000)
             .map_err(|err| self.unverified("unverified", err.to_string(), None))?;
@@ -488,7 +504,7 @@ impl NodeState {
             );
             return Err(self.unverified("unverified", reason, None));
         }
-        Ok(())
+        Ok(opened.signer)
     }
 
     /// Why a verified request cannot be run as sent, if it cannot: its signature must cover

@@ -380,8 +380,8 @@ pub async fn run(
                 let client = client.clone();
                 tokio::spawn(async move {
                     let handled = state.handle(&message.payload, message.reply.as_deref(), SystemTime::now()).await;
-                    if let (Handled::Reply(reply), Some(subject)) = (handled, message.reply)
-                        && let Err(err) = client.publish(subject, state.reply_bytes(&reply).into()).await
+                    if let (Handled::Reply(reply, key), Some(subject)) = (handled, message.reply)
+                        && let Err(err) = client.publish(subject, state.reply_bytes(&reply, key.as_ref()).into()).await
                     {
                         tracing::warn!("cannot publish reply: {err}");
                     }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use cohort_security::{Authorizer, ReplayCache, ReplayError, Signer, Trust};
+use cohort_security::{Authorizer, ReplayCache, ReplayError, ReplyKeys, Signer, Trust};
 
 /// Request ids remembered at most; see [`ReplayCache`].
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
@@ -15,6 +15,8 @@ pub struct NodeSecurity {
     trust: RwLock<Arc<Trust>>,
     /// The node's key and credential.
     pub signer: Signer,
+    /// The keys shared with callers that ask for MAC'd replies, agreed on first use.
+    pub reply_keys: ReplyKeys,
     authorizer: RwLock<Arc<Authorizer>>,
     replay: Mutex<ReplayCache>,
 }
@@ -29,6 +31,7 @@ impl NodeSecurity {
     ) -> NodeSecurity {
         NodeSecurity {
             trust: RwLock::new(Arc::new(trust)),
+            reply_keys: ReplyKeys::new(signer.key()),
             signer,
             authorizer: RwLock::new(Arc::new(authorizer)),
             replay: Mutex::new(ReplayCache::new(replay_capacity)),

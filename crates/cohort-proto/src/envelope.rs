@@ -51,6 +51,32 @@ pub struct Request {
     /// request from a message asking replies anywhere else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// How a secure node is to prove its reply is its own: signed (anyone trusting the issuer
+    /// can check it), or authenticated with a key only this caller and the node share, which
+    /// costs both far less once they have met. Signed with the rest of the request.
+    #[serde(default, skip_serializing_if = "ReplyProof::is_signature")]
+    pub reply_proof: ReplyProof,
+}
+
+/// How a secure node proves a reply is its own (see `docs/security.md`, "Reply proofs").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyProof {
+    /// An Ed25519 signature by the node's key: a client checks it with nothing but the
+    /// issuer's key (about 15 µs batched), and so can anyone who is shown the reply.
+    #[default]
+    Signature,
+    /// An HMAC-SHA256 under a key the node and the caller derive from their own keys (X25519
+    /// agreement on their Ed25519 keys, once per pair, ~32 µs each side): about 1 µs per reply
+    /// after that. For clients that call the same nodes again and again.
+    Mac,
+}
+
+impl ReplyProof {
+    /// Whether this is the default, [`ReplyProof::Signature`] (left out of the wire form).
+    pub fn is_signature(&self) -> bool {
+        *self == ReplyProof::Signature
+    }
 }
 
 /// The action and its inputs.

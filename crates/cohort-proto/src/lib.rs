@@ -16,8 +16,8 @@ mod subjects;
 
 pub use backoff::{PING_INTERVAL, reconnect_delay};
 pub use envelope::{
-    DEFAULT_MAX_TTL_SECS, DISCOVERY_AGENT, PROTOCOL, Registration, Reply, Request, RpcBody,
-    StatusCode, VERSION, WireError, now_ms,
+    DEFAULT_MAX_TTL_SECS, DISCOVERY_AGENT, PROTOCOL, Registration, Reply, ReplyProof, Request,
+    RpcBody, StatusCode, VERSION, WireError, now_ms,
 };
 pub use filter::{Expr, FactFilter, FactOp, Filter};
 pub use ids::{AgentName, Collective, IdError, Identity, RequestId};

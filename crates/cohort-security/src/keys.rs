@@ -125,6 +125,10 @@ impl SecretKey {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
+
+    pub(crate) fn signing(&self) -> &SigningKey {
+        &self.signing
+    }
 }
 
 /// A public key, decoded once so that verifying does not decompress it again.
@@ -181,6 +185,13 @@ impl PublicKey {
 
     pub(crate) fn verifying(&self) -> &VerifyingKey {
         &self.verifying
+    }
+
+    /// A member key from raw bytes, for tests that need keys no seed produces.
+    #[cfg(test)]
+    pub(crate) fn raw_for_tests(raw: [u8; 32]) -> PublicKey {
+        let verifying = VerifyingKey::from_bytes(&raw).unwrap_or_else(|err| panic!("{err}"));
+        PublicKey { kind: KeyKind::Member, verifying, text: format!("U-raw-{raw:02x?}") }
     }
 
     /// Whether `signature` is this key's signature of `message`.

@@ -6,6 +6,8 @@
 //!   for a validity period; revocation lists; [`Trust`] that verifies both;
 //! - [`sealed`]: the signed envelope around every request and reply;
 //! - [`replay`]: the cache that accepts each request id once within its TTL window;
+//! - [`reply_keys`]: keys a caller and a node agree without sending them, so replies can be
+//!   authenticated with a MAC instead of a signature;
 //! - [`policy`]: per-agent authorization (MCollective's actionpolicy with its bugs fixed);
 //! - [`roles`]: broker permissions by role.
 //!
@@ -16,6 +18,7 @@ pub mod credential;
 pub mod keys;
 pub mod policy;
 pub mod replay;
+pub mod reply_keys;
 pub mod roles;
 pub mod sealed;
 
@@ -23,6 +26,7 @@ pub use credential::{Claims, Credential, CredentialError, RevocationList, Role, 
 pub use keys::{KeyError, KeyKind, PublicKey, SecretKey};
 pub use policy::{Authorizer, Decision, Groups, Policy, PolicyError, Verdict};
 pub use replay::{ReplayCache, ReplayError};
+pub use reply_keys::{ReplyKey, ReplyKeys};
 pub use roles::{RoleGrants, grants};
 pub use sealed::{
     OpenError, Opened, Signer, Unsealed, is_sealed, open, open_many, open_unsealed, peek, unseal,

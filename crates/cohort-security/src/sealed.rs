@@ -9,6 +9,10 @@
 //! re-serialized before checking), behind a domain prefix. The signer's credential travels
 //! with every message, so a node needs nothing but the issuer's public key to check a caller
 //! it has never seen.
+//!
+//! A reply may carry `"mac":"<base64 HMAC-SHA256>"` instead of `signature`, when its request
+//! asked for it: the MAC is under the key the node shares with the caller
+//! ([`crate::reply_keys`]), so only that caller can check it. Exactly one of the two is present.
 
 use std::sync::Arc;
 
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credential::{Credential, CredentialError, Trust, Verified};
 use crate::keys::SecretKey;
+use crate::reply_keys::{ReplyKey, ReplyKeys};
 
 /// Protocol id of the signed envelope.
 pub const SECURE_PROTOCOL: &str = "io.cohort.secure";
@@ -30,7 +35,10 @@ struct SealedOut<'a> {
     protocol: &'static str,
     version: u32,
     message: &'a str,
-    signature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
     credential: &'a Credential,
 }
 
@@ -40,7 +48,10 @@ struct SealedIn {
     protocol: String,
     version: u32,
     message: String,
-    signature: String,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    mac: Option<String>,
     credential: Credential,
 }
 
@@ -106,7 +117,22 @@ impl Signer {
             protocol: SECURE_PROTOCOL,
             version: SECURE_VERSION,
             message,
-            signature: STANDARD.encode(self.key.sign(&signed)),
+            signature: Some(STANDARD.encode(self.key.sign(&signed))),
+            mac: None,
+            credential: &self.credential,
+        };
+        serde_json::to_vec(&sealed).unwrap_or_default()
+    }
+
+    /// Wraps a reply `message` authenticated with `key`, the key this node shares with the
+    /// caller that asked for a MAC ([`crate::reply_keys`]): only that caller can check it.
+    pub fn seal_mac(&self, message: &str, key: &ReplyKey) -> Vec<u8> {
+        let sealed = SealedOut {
+            protocol: SECURE_PROTOCOL,
+            version: SECURE_VERSION,
+            message,
+            signature: None,
+            mac: Some(STANDARD.encode(key.sign(message.as_bytes()))),
             credential: &self.credential,
         };
         serde_json::to_vec(&sealed).unwrap_or_default()
@@ -136,6 +162,22 @@ pub enum OpenError {
         /// Who it claims to be from.
         caller: String,
     },
+    /// The MAC does not match under the key this reader shares with the credential's holder
+    /// (forged, altered, or meant for another caller).
+    #[error(
+        "MAC of {caller} does not match the message (forged, altered or meant for another caller)"
+    )]
+    Mac {
+        /// Who it claims to be from.
+        caller: String,
+    },
+    /// A MAC where this reader needs a signature: requests, and replies to a reader that did
+    /// not ask for MACs, must be signed.
+    #[error("{caller} sent a MAC, not a signature, which this reader does not accept")]
+    Unsigned {
+        /// Who it claims to be from.
+        caller: String,
+    },
 }
 
 /// A verified message.
@@ -155,13 +197,19 @@ pub fn is_sealed(bytes: &[u8]) -> bool {
         .is_some_and(|protocol| protocol == SECURE_PROTOCOL)
 }
 
-/// A signed envelope whose credential verified, its signature not yet checked.
+/// A signed envelope whose credential verified, its signature or MAC not yet checked.
 struct Staged {
     message: String,
     signer: Arc<Verified>,
     /// Domain prefix + message: the bytes the signature covers.
     signed: Vec<u8>,
-    signature: Option<ed25519_dalek::Signature>,
+    proof: Proof,
+}
+
+/// What proves who made a message, as read (`None`: present but not decodable).
+enum Proof {
+    Signature(Option<ed25519_dalek::Signature>),
+    Mac(Option<Vec<u8>>),
 }
 
 /// A signed envelope read but not checked: its inner message can be looked at (a node decides
@@ -177,9 +225,11 @@ impl Unsealed {
         &self.sealed.message
     }
 
-    /// Checks the credential and the signature at `now` (Unix seconds), as [`open`] does.
+    /// Checks the credential and the signature at `now` (Unix seconds), as [`open`] does. A
+    /// MAC instead of a signature is refused: this is how requests are checked.
     pub fn verify(self, trust: &Trust, now: i64) -> Result<Opened, OpenError> {
-        Staged::new(self, trust, now)?.finish(false)
+        let signer = trust.verify(&self.sealed.credential, now)?;
+        Staged::new(self, signer).finish(false, None)
     }
 }
 
@@ -190,30 +240,66 @@ pub fn unseal(bytes: &[u8]) -> Result<Unsealed, OpenError> {
     if sealed.protocol != SECURE_PROTOCOL || sealed.version != SECURE_VERSION {
         return Err(OpenError::Protocol { protocol: sealed.protocol, version: sealed.version });
     }
+    if sealed.signature.is_some() == sealed.mac.is_some() {
+        let reason = "exactly one of `signature` and `mac` must be present";
+        return Err(OpenError::Malformed(reason.to_owned()));
+    }
     Ok(Unsealed { sealed })
 }
 
 impl Staged {
-    fn new(unsealed: Unsealed, trust: &Trust, now: i64) -> Result<Staged, OpenError> {
+    /// `unsealed`, whose credential verified as `signer`.
+    fn new(unsealed: Unsealed, signer: Arc<Verified>) -> Staged {
         let sealed = unsealed.sealed;
-        let signer = trust.verify(&sealed.credential, now)?;
-        let signature = STANDARD
-            .decode(&sealed.signature)
-            .ok()
-            .and_then(|raw| ed25519_dalek::Signature::from_slice(&raw).ok());
-        let mut signed = Vec::with_capacity(MESSAGE_DOMAIN.len() + sealed.message.len());
-        signed.extend_from_slice(MESSAGE_DOMAIN);
-        signed.extend_from_slice(sealed.message.as_bytes());
-        Ok(Staged { message: sealed.message, signer, signed, signature })
+        let (proof, signed) = match (&sealed.signature, &sealed.mac) {
+            (Some(signature), _) => {
+                let signature = STANDARD
+                    .decode(signature)
+                    .ok()
+                    .and_then(|raw| ed25519_dalek::Signature::from_slice(&raw).ok());
+                let mut signed = Vec::with_capacity(MESSAGE_DOMAIN.len() + sealed.message.len());
+                signed.extend_from_slice(MESSAGE_DOMAIN);
+                signed.extend_from_slice(sealed.message.as_bytes());
+                (Proof::Signature(signature), signed)
+            }
+            (None, mac) => {
+                (Proof::Mac(mac.as_ref().and_then(|mac| STANDARD.decode(mac).ok())), Vec::new())
+            }
+        };
+        Staged { message: sealed.message, signer, signed, proof }
     }
 
-    /// Checks the signature unless `batch_verified` says it already was.
-    fn finish(self, batch_verified: bool) -> Result<Opened, OpenError> {
-        let good = self.signature.is_some_and(|signature| {
-            batch_verified || self.signer.key.verify(&self.signed, &signature.to_bytes())
-        });
-        if !good {
-            return Err(OpenError::Signature { caller: self.signer.caller.clone() });
+    /// Whether this is a well-formed signature that a batch can check.
+    fn signature(&self) -> Option<ed25519_dalek::Signature> {
+        match self.proof {
+            Proof::Signature(signature) => signature,
+            Proof::Mac(_) => None,
+        }
+    }
+
+    /// Checks the signature unless `batch_verified` says it already was, or the MAC with the
+    /// key shared with the signer, when the reader has `keys`.
+    fn finish(self, batch_verified: bool, keys: Option<&ReplyKeys>) -> Result<Opened, OpenError> {
+        let caller = || self.signer.caller.clone();
+        match &self.proof {
+            Proof::Signature(signature) => {
+                let good = signature.is_some_and(|signature| {
+                    batch_verified || self.signer.key.verify(&self.signed, &signature.to_bytes())
+                });
+                if !good {
+                    return Err(OpenError::Signature { caller: caller() });
+                }
+            }
+            Proof::Mac(tag) => {
+                let keys = keys.ok_or_else(|| OpenError::Unsigned { caller: caller() })?;
+                let good = tag.as_ref().is_some_and(|tag| {
+                    keys.with(&self.signer.key)
+                        .is_some_and(|key| key.verify(self.message.as_bytes(), tag))
+                });
+                if !good {
+                    return Err(OpenError::Mac { caller: caller() });
+                }
+            }
         }
         Ok(Opened { message: self.message, signer: self.signer })
     }
@@ -230,29 +316,47 @@ pub fn open(bytes: &[u8], trust: &Trust, now: i64) -> Result<Opened, OpenError> 
 /// The results are in the order of `items`. (Batch verification accepts exactly the signatures
 /// single verification accepts, except for non-canonical variants only the key holder can make.)
 pub fn open_many(items: &[&[u8]], trust: &Trust, now: i64) -> Vec<Result<Opened, OpenError>> {
-    open_unsealed(items.iter().map(|bytes| unseal(bytes)).collect(), trust, now)
+    open_unsealed(items.iter().map(|bytes| unseal(bytes)).collect(), trust, now, None)
 }
 
 /// [`open_many`] for envelopes already read with [`unseal`] (or refused by it): a reader that
-/// had to read them anyway does not parse them twice.
+/// had to read them anyway does not parse them twice. With `keys`, replies authenticated with
+/// a MAC under the key the reader shares with their sender are accepted too.
 pub fn open_unsealed(
     items: Vec<Result<Unsealed, OpenError>>,
     trust: &Trust,
     now: i64,
+    keys: Option<&ReplyKeys>,
 ) -> Vec<Result<Opened, OpenError>> {
-    let staged: Vec<Result<Staged, OpenError>> =
-        items.into_iter().map(|unsealed| Staged::new(unsealed?, trust, now)).collect();
-    let candidates: Vec<&Staged> =
-        staged.iter().filter_map(|s| s.as_ref().ok()).filter(|s| s.signature.is_some()).collect();
+    // Credentials first, together: a client hearing from nodes for the first time meets one
+    // with every reply.
+    let credentials: Vec<&Credential> =
+        items.iter().filter_map(|item| Some(&item.as_ref().ok()?.sealed.credential)).collect();
+    let mut signers = trust.verify_many(&credentials, now).into_iter();
+    let staged: Vec<Result<Staged, OpenError>> = items
+        .into_iter()
+        .map(|unsealed| {
+            let unsealed = unsealed?;
+            // One result per credential, in order: the iterator cannot run out.
+            let missing = || OpenError::Malformed("credential not checked".to_owned());
+            let signer = signers.next().ok_or_else(missing)??;
+            Ok(Staged::new(unsealed, signer))
+        })
+        .collect();
+    let candidates: Vec<(&Staged, ed25519_dalek::Signature)> = staged
+        .iter()
+        .filter_map(|s| s.as_ref().ok())
+        .filter_map(|s| Some((s, s.signature()?)))
+        .collect();
     let all_good = candidates.len() > 1 && {
-        let messages: Vec<&[u8]> = candidates.iter().map(|s| s.signed.as_slice()).collect();
+        let messages: Vec<&[u8]> = candidates.iter().map(|(s, _)| s.signed.as_slice()).collect();
         let signatures: Vec<ed25519_dalek::Signature> =
-            candidates.iter().filter_map(|s| s.signature).collect();
-        let keys: Vec<ed25519_dalek::VerifyingKey> =
-            candidates.iter().map(|s| *s.signer.key.verifying()).collect();
-        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+            candidates.iter().map(|(_, signature)| *signature).collect();
+        let signers: Vec<ed25519_dalek::VerifyingKey> =
+            candidates.iter().map(|(s, _)| *s.signer.key.verifying()).collect();
+        ed25519_dalek::verify_batch(&messages, &signatures, &signers).is_ok()
     };
-    staged.into_iter().map(|staged| staged?.finish(all_good)).collect()
+    staged.into_iter().map(|staged| staged?.finish(all_good, keys)).collect()
 }
 
 /// The inner message of a signed envelope, checking nothing: for nodes running `--insecure`,
@@ -370,5 +474,65 @@ mod tests {
         assert!(matches!(open(sealed.as_bytes(), &stranger, 10), Err(OpenError::Credential(_))));
         drop(org);
         assert!(matches!(open(b"{}", &trust, 10), Err(OpenError::Malformed(_))));
+    }
+
+    #[test]
+    fn mac_replies_open_only_for_the_caller_they_are_for() {
+        let (trust, alice, org) = setup();
+        let node_key = SecretKey::generate(KeyKind::Member, [5; 32]);
+        let node_credential =
+            Credential::issue(&org, "n1", Role::Node, node_key.public(), "s2".into(), 0, 1000)
+                .unwrap();
+        let node = Signer::new(node_key.clone(), node_credential).unwrap();
+        let at_node = ReplyKeys::new(&node_key);
+        let at_alice = ReplyKeys::new(alice.key());
+        let key = at_node.with(alice.key().public()).unwrap();
+        let sealed = node.seal_mac(r#"{"reply":1}"#, &key);
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        let fields: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+        assert!(fields.get("mac").is_some() && fields.get("signature").is_none(), "{text}");
+        let open_with = |bytes: &[u8], keys: Option<&ReplyKeys>| {
+            open_unsealed(vec![unseal(bytes)], &trust, 10, keys).remove(0)
+        };
+        let opened = open_with(&sealed, Some(&at_alice)).unwrap();
+        assert_eq!(opened.message, r#"{"reply":1}"#);
+        assert_eq!(opened.signer.caller, "node=n1");
+        // Mixed with signed replies in one batch, each checked its own way.
+        let signed = node.seal(r#"{"reply":2}"#);
+        let both = open_unsealed(
+            vec![unseal(&signed), unseal(&sealed), unseal(&signed)],
+            &trust,
+            10,
+            Some(&at_alice),
+        );
+        assert!(both.iter().all(Result::is_ok));
+        // Another caller's keys, no keys (a node reading a request), altered: refused.
+        let bob = ReplyKeys::new(&SecretKey::generate(KeyKind::Member, [6; 32]));
+        assert!(matches!(open_with(&sealed, Some(&bob)), Err(OpenError::Mac { .. })));
+        assert!(matches!(open_with(&sealed, None), Err(OpenError::Unsigned { .. })));
+        assert!(matches!(
+            unseal(&sealed).unwrap().verify(&trust, 10),
+            Err(OpenError::Unsigned { .. })
+        ));
+        let altered = text.replace(r#"\"reply\":1"#, r#"\"reply\":7"#);
+        assert_ne!(altered, text);
+        assert!(matches!(
+            open_with(altered.as_bytes(), Some(&at_alice)),
+            Err(OpenError::Mac { .. })
+        ));
+        // Another node presenting n1's credential with a MAC under its own key.
+        let mallory = SecretKey::generate(KeyKind::Member, [7; 32]);
+        let forged_key = ReplyKeys::new(&mallory).with(alice.key().public()).unwrap();
+        let forged = node.seal_mac(r#"{"reply":1}"#, &forged_key);
+        assert!(matches!(open_with(&forged, Some(&at_alice)), Err(OpenError::Mac { .. })));
+        // Both proofs, or neither: not an envelope.
+        let mut value: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+        value["mac"] = serde_json::Value::String("AAAA".into());
+        let doubled = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(open_with(&doubled, Some(&at_alice)), Err(OpenError::Malformed(_))));
+        value.as_object_mut().unwrap().remove("mac");
+        value.as_object_mut().unwrap().remove("signature");
+        let bare = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(open_with(&bare, Some(&at_alice)), Err(OpenError::Malformed(_))));
     }
 }

@@ -153,6 +153,7 @@ fn security(on: bool) -> (Option<FleetSecurity>, ClientSecurity) {
         signer: Some(Signer::new(key, credential).unwrap()),
         trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
         tls_ca: None,
+        reply_keys: None,
     };
     let fleet =
         FleetSecurity { issuer, broker_login: false, tls_ca: None, allow_all: true, audit: None };

@@ -4,11 +4,13 @@
 //! round is one `rpcutil ping` broadcast to every node (no discovery: the client already knows
 //! them), so a round is exactly one request per node and one reply per node.
 //!
-//! Reported for security off and on, in one run: the fleet process's CPU per request per node
-//! (receiving, opening and checking the request, running the action, sealing and sending the
-//! reply), the client's CPU per reply (receiving, verifying, collecting), the broker's CPU per
-//! round, and the wall time of a round (p50/p90/max) with the on/off ratio. CPU comes from
-//! `/proc/<pid>/stat` (10 ms ticks), taken over all measured rounds at once.
+//! Reported for security off, on with signed replies (what a one-shot command asks for), and on
+//! with MAC'd replies (what a long-lived client asks for, `ReplyProof::Mac`), in one run: the
+//! fleet process's CPU per request per node (receiving, opening and checking the request,
+//! running the action, sealing and sending the reply), the client's CPU per reply (receiving,
+//! verifying, collecting), the broker's CPU per round, and the wall time of a round
+//! (p50/p90/max) with the on/off ratios. CPU comes from `/proc/<pid>/stat` (10 ms ticks), taken
+//! over all measured rounds at once, after warm-up rounds (so a MAC client has met its nodes).
 //!
 //! Run: `cargo bench -p cohort --bench secure_cost`; environment: `COHORT_BENCH_NODES` (1000),
 //! `COHORT_BENCH_ROUNDS` (30). On a machine with one core nothing is pinned (and it says so).
@@ -67,18 +69,38 @@ fn fleet_main() {
     });
 }
 
+/// What the client asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    Signed,
+    Mac,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Signed => "on, signed replies",
+            Mode::Mac => "on, MAC'd replies",
+        }
+    }
+}
+
 /// The client's security for a fleet of `issuer`'s nodes (`None`: off).
-fn client_security(issuer: Option<&SecretKey>) -> ClientSecurity {
+fn client_security(issuer: Option<&SecretKey>, mode: Mode) -> ClientSecurity {
     let Some(issuer) = issuer else { return ClientSecurity::default() };
     let key = SecretKey::generate(KeyKind::Member, rand::random());
     let credential =
         Credential::issue(issuer, "bench", Role::Client, key.public(), "bench".into(), 0, i64::MAX)
             .unwrap();
-    ClientSecurity {
+    let security = ClientSecurity {
         signer: Some(Signer::new(key, credential).unwrap()),
         trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
         tls_ca: None,
-    }
+        reply_keys: None,
+    };
+    if mode == Mode::Mac { security.with_mac_replies() } else { security }
 }
 
 struct Measured {
@@ -100,9 +122,9 @@ fn measure(
     nodes: u32,
     rounds: u32,
     pinned: bool,
-    secure: bool,
+    mode: Mode,
 ) -> Measured {
-    let issuer = secure.then(|| SecretKey::generate(KeyKind::Issuer, rand::random()));
+    let issuer = (mode != Mode::Off).then(|| SecretKey::generate(KeyKind::Issuer, rand::random()));
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .env("COHORT_BENCH_ROLE", "fleet")
@@ -130,7 +152,7 @@ fn measure(
             caller: "user=bench".into(),
             sender: "bench".into(),
             connect_timeout: Duration::from_secs(10),
-            security: client_security(issuer.as_ref()),
+            security: client_security(issuer.as_ref(), mode),
             history: None,
             lost_grace: cohort_client::DEFAULT_LOST_GRACE,
         })
@@ -213,14 +235,14 @@ fn main() {
         "| security | round p50 | p90 | max | node CPU per request | client CPU per reply | broker CPU per round |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let mut p50 = [0.0; 2];
-    for (i, secure) in [false, true].into_iter().enumerate() {
-        let mut m = measure(&runtime, &broker, nodes, rounds, pinned, secure);
+    let mut p50 = [0.0; 3];
+    for (i, mode) in [Mode::Off, Mode::Signed, Mode::Mac].into_iter().enumerate() {
+        let mut m = measure(&runtime, &broker, nodes, rounds, pinned, mode);
         m.walls.sort();
         p50[i] = pct(&m.walls, 0.5);
         println!(
             "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} µs | {:.1} µs | {:.1} ms |",
-            if secure { "on" } else { "off" },
+            mode.label(),
             p50[i],
             pct(&m.walls, 0.9),
             pct(&m.walls, 1.0),
@@ -229,5 +251,5 @@ fn main() {
             m.broker_ms
         );
     }
-    println!("round p50, on / off: {:.2}x", p50[1] / p50[0]);
+    println!("round p50, on / off: {:.2}x signed, {:.2}x MAC'd", p50[1] / p50[0], p50[2] / p50[0]);
 }

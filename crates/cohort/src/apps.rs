@@ -42,9 +42,30 @@ impl Session {
     }
 
     pub(crate) async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
+        Session::open_for(common, filter, false).await
+    }
+
+    /// [`Session::open`] for a process that runs for days and calls the same nodes again and
+    /// again: it asks for MAC'd replies ([`Settings::connect_long_lived`]).
+    pub(crate) async fn open_long_lived(
+        common: &CommonFlags,
+        filter: &Filter,
+    ) -> anyhow::Result<Session> {
+        Session::open_for(common, filter, true).await
+    }
+
+    async fn open_for(
+        common: &CommonFlags,
+        filter: &Filter,
+        long_lived: bool,
+    ) -> anyhow::Result<Session> {
         let settings = common.settings()?;
         let method = common.discovery.method(filter, &settings.config.collective)?;
-        let client = settings.connect().await?;
+        let client = if long_lived {
+            settings.connect_long_lived().await?
+        } else {
+            settings.connect().await?
+        };
         Ok(Session { settings, method, client })
     }
 

@@ -173,7 +173,19 @@ impl Settings {
         Ok(Settings { config: ClientConfig::from_file(path)?, verbose: false })
     }
 
+    /// Connects for one command: replies are signed, the cheapest to check on first contact.
     pub(crate) async fn connect(&self) -> anyhow::Result<cohort_client::Client> {
+        self.connect_for(false).await
+    }
+
+    /// Connects for a process that calls the same nodes for days (the scheduler, the
+    /// provisioner): replies carry MACs under keys agreed with each node once, a fraction of a
+    /// signature's cost on both sides from the second call on (docs/security.md).
+    pub(crate) async fn connect_long_lived(&self) -> anyhow::Result<cohort_client::Client> {
+        self.connect_for(true).await
+    }
+
+    async fn connect_for(&self, long_lived: bool) -> anyhow::Result<cohort_client::Client> {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()
@@ -184,7 +196,10 @@ impl Settings {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".to_owned());
-        let (options, warnings) = self.config.client_options(format!("user={user}"), sender);
+        let (mut options, warnings) = self.config.client_options(format!("user={user}"), sender);
+        if long_lived {
+            options.security = options.security.with_mac_replies();
+        }
         for warning in warnings {
             // Not eprintln!: it panics when stderr cannot be written.
             let _ = writeln!(std::io::stderr(), "warning: {warning}");

@@ -274,7 +274,8 @@ async fn serve(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let session = Session::open(common, &Filter::default()).await?.with_lost_grace(LOST_GRACE);
+    let session =
+        Session::open_long_lived(common, &Filter::default()).await?.with_lost_grace(LOST_GRACE);
     let metrics = ProvisionMetrics::default();
     if let Some(address) = &config.metrics {
         let metrics = metrics.clone();

@@ -70,7 +70,7 @@ pub(crate) async fn run(
         .with_context(|| format!("invalid scheduler configuration {}", config_file.display()))?;
     let filter =
         config.filter.build().with_context(|| format!("[filter] in {}", config_file.display()))?;
-    let session = Session::open(common, &filter).await?;
+    let session = Session::open_long_lived(common, &filter).await?;
     let metrics = Arc::new(ScheduleMetrics::default());
     if let Some(address) = &config.metrics {
         let metrics = metrics.clone();

@@ -76,13 +76,14 @@ fn request(agent: &str, action: &str, data: &str, filter: Filter, time: SystemTi
             process_results: true,
         },
         reply_to: None,
+        reply_proof: cohort_proto::ReplyProof::Signature,
     }
     .to_bytes()
 }
 
 async fn reply(node: &NodeState, bytes: &[u8]) -> Reply {
     match node.handle(bytes, None, SystemTime::now()).await {
-        Handled::Reply(reply) => *reply,
+        Handled::Reply(reply, _) => *reply,
         other => panic!("expected a reply, got {other:?}"),
     }
 }
@@ -240,7 +241,7 @@ mod secure {
 
         // Alice's own reply subject, derived from what she signed: served.
         let bytes = signed(&alice, "client=alice", "echo", 11);
-        assert!(matches!(node.handle(&bytes, Some(&own(11)), now).await, Handled::Reply(_)));
+        assert!(matches!(node.handle(&bytes, Some(&own(11)), now).await, Handled::Reply(..)));
         // The same bytes republished with a thief's reply subject: refused, nothing runs.
         let bytes = signed(&alice, "client=alice", "echo", 12);
         let stolen = format!("cohort.reply.{}.x", cohort_proto::caller_hash("client=mallory"));
@@ -249,7 +250,7 @@ mod secure {
             Handled::Ignored("replayed")
         ));
         // Refused before the replay cache: the genuine message still runs after the theft.
-        assert!(matches!(node.handle(&bytes, Some(&own(12)), now).await, Handled::Reply(_)));
+        assert!(matches!(node.handle(&bytes, Some(&own(12)), now).await, Handled::Reply(..)));
         // A reply subject of her choice is served only when she signed it.
         let mut request: Request = serde_json::from_slice(&request(
             "fake",
@@ -266,7 +267,7 @@ mod secure {
         assert!(matches!(node.handle(&chosen, Some(&own(13)), now).await, Handled::Ignored(_)));
         assert!(matches!(
             node.handle(&chosen, Some("elsewhere.inbox"), now).await,
-            Handled::Reply(_)
+            Handled::Reply(..)
         ));
 
         // Created before the daemon started: its replay cache may not have it.
@@ -286,6 +287,54 @@ mod secure {
         assert!(metrics.contains(served), "{metrics}");
     }
 
+    #[tokio::test]
+    async fn a_caller_that_asks_gets_a_reply_only_it_can_check() {
+        let issuer = SecretKey::generate(KeyKind::Issuer, [1; 32]);
+        let node = secure_node(&issuer);
+        let alice = member(&issuer, "alice", Role::Client, 2);
+        let trust = Trust::new(vec![issuer.public().clone()]);
+        let now = SystemTime::now();
+        let ask = |proof: cohort_proto::ReplyProof, id: u8| {
+            let mut request: Request = serde_json::from_slice(&request(
+                "fake",
+                "echo",
+                r#"{"msg": "hi"}"#,
+                Filter::default(),
+                now,
+            ))
+            .unwrap();
+            request.caller = "client=alice".to_owned();
+            request.id = RequestId::from_random([id; 16]);
+            request.reply_proof = proof;
+            alice.seal(&String::from_utf8(request.to_bytes()).unwrap())
+        };
+        let at_alice = cohort_security::ReplyKeys::new(alice.key());
+        let open = |bytes: &[u8]| {
+            let unsealed = vec![cohort_security::unseal(bytes)];
+            cohort_security::open_unsealed(unsealed, &trust, now_ms(now) / 1000, Some(&at_alice))
+                .remove(0)
+        };
+        let Handled::Reply(reply, Some(key)) =
+            node.handle(&ask(ReplyProof::Mac, 1), None, now).await
+        else {
+            panic!("a MAC'd reply was asked for");
+        };
+        let out = node.reply_bytes(&reply, Some(&key));
+        let head: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(head.get("mac").is_some() && head.get("signature").is_none());
+        assert_eq!(open(&out).unwrap().signer.caller, "node=node1");
+        // Nobody else can check it: it is not a signature.
+        assert!(cohort_security::open(&out, &trust, now_ms(now) / 1000).is_err());
+        // Asked for nothing: signed, as before.
+        let Handled::Reply(reply, None) =
+            node.handle(&ask(ReplyProof::Signature, 2), None, now).await
+        else {
+            panic!("a signed reply was asked for");
+        };
+        let out = node.reply_bytes(&reply, None);
+        assert!(cohort_security::open(&out, &trust, now_ms(now) / 1000).is_ok());
+    }
+
     fn request_at(time: SystemTime) -> Vec<u8> {
         request("fake", "echo", r#"{"msg": "hi"}"#, Filter::default(), time)
     }
@@ -302,7 +351,7 @@ mod secure {
         let ok = reply(&node, &bytes).await;
         assert_eq!(ok.status, StatusCode::Ok);
         // The reply goes out signed by the node.
-        let out = node.reply_bytes(&ok);
+        let out = node.reply_bytes(&ok, None);
         let trust = Trust::new(vec![issuer.public().clone()]);
         let opened = cohort_security::open(&out, &trust, now_ms(now) / 1000).unwrap();
         assert_eq!(opened.signer.caller, "node=node1");

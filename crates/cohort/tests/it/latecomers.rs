@@ -96,6 +96,7 @@ async fn a_node_slow_to_answer_discovery_is_still_counted() {
             signer: Some(member(&issuer, "alice", Role::Client)),
             trust: Some(Arc::new(Trust::new(vec![issuer.public().clone()]))),
             tls_ca: None,
+            reply_keys: None,
         },
         history: None,
         lost_grace: cohort_client::DEFAULT_LOST_GRACE,

@@ -340,6 +340,7 @@ fn request(caller: &str, path: &Path) -> Request {
         filter: Filter::default(),
         body: RpcBody { action: "mark".into(), data, process_results: true },
         reply_to: None,
+        reply_proof: cohort_proto::ReplyProof::Signature,
     }
 }
 
@@ -1090,6 +1091,97 @@ async fn a_captured_request_replayed_after_a_restart_or_redirected_runs_nowhere(
         fleet.cli("alice", &["rpc", "touch", "mark", &format!("path={}", target.display()), "-j"]);
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(doc["replies"].as_array().unwrap().len(), NODES.len(), "{doc}");
+}
+
+/// A long-lived client (the scheduler's and the provisioner's kind) asks for MAC'd replies: the
+/// real daemons answer with a MAC under the key they agree with alice, her client accepts them,
+/// and a compromised node cannot pass off a reply as another node's, neither with its own
+/// credential nor with the other node's (it cannot make the other node's MAC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mac_replies_are_accepted_only_from_the_node_that_made_them() {
+    use cohort_client::config::ClientConfig;
+    use cohort_client::{Call, Client, Targets};
+    use cohort_security::ReplyKeys;
+
+    let fleet = Secure::start(BrokerKind::Cohort);
+    let alice_config = ClientConfig::from_file(&fleet.dir.path().join("alice.toml")).unwrap();
+    let (mut options, _) = alice_config.client_options("user=test".into(), "test".into());
+    options.security = options.security.with_mac_replies();
+    let client = Client::connect(options).await.unwrap();
+    let expected: std::collections::BTreeSet<_> =
+        NODES.iter().map(|n| cohort_proto::Identity::new(*n).unwrap()).collect();
+    let ping = || Call {
+        agent: AgentName::new("rpcutil").unwrap(),
+        action: "ping".into(),
+        data: Map::new(),
+        filter: Filter::default(),
+        collective: Collective::new("cohort").unwrap(),
+        targets: Targets::Broadcast { expected: expected.clone() },
+        timeout: Duration::from_secs(10),
+        ttl: 60,
+    };
+    // What goes over the wire: alice may read her own replies.
+    let (wire, _) = fleet.connect("client", "alice").await;
+    let mut seen =
+        wire.subscribe(format!("cohort.reply.{}.>", caller_hash("client=alice"))).await.unwrap();
+    wire.flush().await.unwrap();
+    let result = client.call(ping(), |_| {}).await.unwrap();
+    assert_eq!(result.stats.ok, NODES.len(), "{:?}", result.stats.unverified);
+    assert!(result.stats.unverified.is_empty(), "{:?}", result.stats.unverified);
+    for _ in NODES {
+        let message =
+            tokio::time::timeout(Duration::from_secs(5), seen.next()).await.unwrap().unwrap();
+        let envelope: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert!(envelope.get("mac").is_some() && envelope.get("signature").is_none(), "{envelope}");
+    }
+
+    // n2, compromised, answers in n1's name: with its own credential, and with n1's credential
+    // and a MAC under its own key.
+    let (rogue, _) = fleet.connect("node", NODES[1]).await;
+    let mut heard = rogue.subscribe("cohort.broadcast.agent.>").await.unwrap();
+    rogue.flush().await.unwrap();
+    let n2 = fleet.signer("node", NODES[1]);
+    let n1_credential = fleet.signer("node", NODES[0]).credential().clone();
+    let n1_as_n2 = Signer::new(n2.key().clone(), n1_credential.clone());
+    assert!(n1_as_n2.is_err(), "a key cannot be paired with another's credential by the API");
+    let n2_keys = ReplyKeys::new(n2.key());
+    let alice_public = fleet.signer("client", "alice").key().public().clone();
+    let impostor = tokio::spawn(async move {
+        while let Some(message) = heard.next().await {
+            let Some(reply_to) = message.reply.clone() else { continue };
+            let inner = cohort_security::peek(&message.payload).unwrap();
+            let request = Request::from_bytes(inner.as_bytes()).unwrap();
+            assert_eq!(request.reply_proof, cohort_proto::ReplyProof::Mac);
+            let reply = json!({
+                "protocol": PROTOCOL, "version": VERSION, "request_id": request.id,
+                "sender": NODES[0], "agent": request.agent, "action": request.body.action,
+                "time": now_ms(SystemTime::now()), "status": 0, "status_message": "OK",
+                "data": {"pong": 1},
+            })
+            .to_string();
+            let key = n2_keys.with(&alice_public).unwrap();
+            let own = n2.seal_mac(&reply, &key);
+            // The same envelope with n1's credential swapped in.
+            let mut swapped: Value = serde_json::from_slice(&own).unwrap();
+            swapped["credential"] = serde_json::to_value(&n1_credential).unwrap();
+            for forged in [own, serde_json::to_vec(&swapped).unwrap()] {
+                rogue.publish(reply_to.clone(), forged.into()).await.unwrap();
+            }
+            rogue.flush().await.unwrap();
+        }
+    });
+    let result = client.call(ping(), |_| {}).await.unwrap();
+    impostor.abort();
+    assert_eq!(result.stats.ok, NODES.len(), "{:?}", result.stats.unverified);
+    let reasons: Vec<&str> = result.stats.unverified.iter().map(|u| u.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(&format!("reply from {} is signed by node={}", NODES[0], NODES[1]))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains(&format!("MAC of node={} does not match", NODES[0]))),
+        "{reasons:?}"
+    );
 }
 
 /// Issue 14, item 5: SIGHUP at 100 a second to every node while 60 requests are in flight:
