@@ -211,17 +211,23 @@ mod secure {
         node().with_security(Arc::new(security)).with_metrics()
     }
 
-    fn signed(signer: &Signer, caller: &str, action: &str, id: u8) -> Vec<u8> {
+    /// A `fake` request from `caller` with an id made of `id`, created at `time`.
+    fn from_caller(caller: &str, action: &str, id: u8, time: SystemTime) -> Request {
         let mut request: Request = serde_json::from_slice(&request(
             "fake",
             action,
             r#"{"msg": "hi"}"#,
             Filter::default(),
-            SystemTime::now(),
+            time,
         ))
         .unwrap();
         request.caller = caller.to_owned();
         request.id = RequestId::from_random([id; 16]);
+        request
+    }
+
+    fn signed(signer: &Signer, caller: &str, action: &str, id: u8) -> Vec<u8> {
+        let request = from_caller(caller, action, id, SystemTime::now());
         signer.seal(&String::from_utf8(request.to_bytes()).unwrap())
     }
 
@@ -252,16 +258,7 @@ mod secure {
         // Refused before the replay cache: the genuine message still runs after the theft.
         assert!(matches!(node.handle(&bytes, Some(&own(12)), now).await, Handled::Reply(..)));
         // A reply subject of her choice is served only when she signed it.
-        let mut request: Request = serde_json::from_slice(&request(
-            "fake",
-            "echo",
-            r#"{"msg": "hi"}"#,
-            Filter::default(),
-            now,
-        ))
-        .unwrap();
-        request.caller = "client=alice".to_owned();
-        request.id = RequestId::from_random([13; 16]);
+        let mut request = from_caller("client=alice", "echo", 13, now);
         request.reply_to = Some("elsewhere.inbox".to_owned());
         let chosen = alice.seal(&String::from_utf8(request.to_bytes()).unwrap());
         assert!(matches!(node.handle(&chosen, Some(&own(13)), now).await, Handled::Ignored(_)));
@@ -295,16 +292,7 @@ mod secure {
         let trust = Trust::new(vec![issuer.public().clone()]);
         let now = SystemTime::now();
         let ask = |proof: cohort_proto::ReplyProof, id: u8| {
-            let mut request: Request = serde_json::from_slice(&request(
-                "fake",
-                "echo",
-                r#"{"msg": "hi"}"#,
-                Filter::default(),
-                now,
-            ))
-            .unwrap();
-            request.caller = "client=alice".to_owned();
-            request.id = RequestId::from_random([id; 16]);
+            let mut request = from_caller("client=alice", "echo", id, now);
             request.reply_proof = proof;
             alice.seal(&String::from_utf8(request.to_bytes()).unwrap())
         };
