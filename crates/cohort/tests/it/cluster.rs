@@ -184,8 +184,7 @@ impl SecureFleet {
 
 #[test]
 fn members_killed_mid_call_are_reported_or_survived_and_the_fleet_fails_over() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the cluster failover test");
+    if !slow_tests("run the cluster failover test") {
         return;
     }
     let mut fleet = SecureFleet::keys();
@@ -293,8 +292,7 @@ fn members_killed_mid_call_are_reported_or_survived_and_the_fleet_fails_over() {
 
 #[test]
 fn our_broker_killed_and_restarted_has_all_200_secure_daemons_back_within_15_s() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the broker restart test");
+    if !slow_tests("run the broker restart test") {
         return;
     }
     let mut fleet = SecureFleet::keys();

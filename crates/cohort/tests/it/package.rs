@@ -57,8 +57,7 @@ fn build(out: &Path) -> PathBuf {
 
 #[test]
 fn the_debian_package_holds_the_binary_units_user_configs_and_man_page() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to build and inspect the Debian package");
+    if !slow_tests("build and inspect the Debian package") {
         return;
     }
     let has_cargo_deb = Command::new("cargo").args(["deb", "--version"]).output();

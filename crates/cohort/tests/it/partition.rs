@@ -87,8 +87,7 @@ impl Drop for Namespace {
 
 #[test]
 fn a_partitioned_minority_is_named_and_comes_back_when_the_network_heals() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the network partition test");
+    if !slow_tests("run the network partition test") {
         return;
     }
     let namespace = match Namespace::create() {

@@ -72,7 +72,12 @@ pub fn executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
-/// Whether the slow tests run (`COHORT_SLOW_TESTS=1`, as CI sets it).
-pub fn slow_tests() -> bool {
-    std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1")
+/// Whether the slow tests run (`COHORT_SLOW_TESTS=1`, as CI sets it); when they do not, says so
+/// on stderr with what the skipped test does (`what`: "run the partition test").
+pub fn slow_tests(what: &str) -> bool {
+    let on = std::env::var_os("COHORT_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !on {
+        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to {what}");
+    }
+    on
 }

@@ -279,8 +279,7 @@ fn count(lines: &[String], prefix: &str) -> usize {
 
 #[test]
 fn new_nodes_go_from_bare_to_production() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the provisioner test");
+    if !slow_tests("run the provisioner test") {
         return;
     }
     let probe = tempfile::tempdir().unwrap();
@@ -464,8 +463,7 @@ fn reqwest_get(port: u16) -> String {
 
 #[test]
 fn failures_restarts_and_rival_provisioners() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the provisioner fault test");
+    if !slow_tests("run the provisioner fault test") {
         return;
     }
     let specs = [
@@ -688,8 +686,7 @@ fn ca(ca_config: &Path, args: &[&str]) -> std::process::Output {
 /// (files their manifests write), notifications sent, nodes no longer provisionable.
 #[test]
 fn real_puppet_from_bare_to_production() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the real Puppet provisioning test");
+    if !slow_tests("run the real Puppet provisioning test") {
         return;
     }
     assert!(
@@ -833,8 +830,7 @@ fn real_puppet_from_bare_to_production() {
 /// its own and leaves it. The node is signed once and runs production once.
 #[test]
 fn a_stopped_provisioner_loses_the_node_to_another() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the provisioner lease test");
+    if !slow_tests("run the provisioner lease test") {
         return;
     }
     let _hogs = Hogs::start(2);
@@ -943,8 +939,7 @@ fn secure_broker(keys_dir: &Path, addr: std::net::SocketAddr) -> Daemon {
 /// flight: the provisioner and the daemons reconnect and the node is finished, signed once.
 #[test]
 fn secure_provisioning_survives_a_broker_restart() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the secure provisioning test");
+    if !slow_tests("run the secure provisioning test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -180,8 +180,7 @@ fn start_fleet(url: &str, dir: &Path) -> Daemon {
 
 #[test]
 fn discovery_is_exact_under_cpu_load_and_a_stopped_fleet() {
-    if !slow_tests() {
-        eprintln!("skipped: set COHORT_SLOW_TESTS=1 to run the discovery stress test");
+    if !slow_tests("run the discovery stress test") {
         return;
     }
     let runs: usize =
