@@ -39,6 +39,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,7 +52,7 @@ use cohort_daemon::run::AgentSettings;
 use cohort_daemon::sim::{Fleet, FleetSecurity};
 use cohort_proto::{AgentName, Collective, Filter};
 use cohort_resource::policy::ResourceConfig;
-use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
+use cohort_security::{KeyKind, SecretKey};
 use cohort_test_support::{BrokerProcess, NatsServer, cluster_member, cpu_ms, free_port, rss_kib};
 
 /// One request can make every node answer at once: 10,000 x 64 KiB is 640 MiB for one client
@@ -138,23 +140,7 @@ fn security(on: bool) -> (Option<FleetSecurity>, ClientSecurity) {
         return (None, ClientSecurity::default());
     }
     let issuer = SecretKey::generate(KeyKind::Issuer, rand::random());
-    let key = SecretKey::generate(KeyKind::Member, rand::random());
-    let credential = Credential::issue(
-        &issuer,
-        "bench",
-        Role::Client,
-        key.public(),
-        "bench".into(),
-        0,
-        i64::MAX,
-    )
-    .unwrap();
-    let client = ClientSecurity {
-        signer: Some(Signer::new(key, credential).unwrap()),
-        trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
-        tls_ca: None,
-        reply_keys: None,
-    };
+    let client = common::client_security(&issuer);
     let fleet =
         FleetSecurity { issuer, broker_login: false, tls_ca: None, allow_all: true, audit: None };
     (Some(fleet), client)

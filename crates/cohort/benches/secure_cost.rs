@@ -17,6 +17,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use cohort_client::{Call, Client, ClientOptions, ClientSecurity, Targets};
 use cohort_daemon::sim::{Fleet, FleetSecurity, plan};
 use cohort_proto::{AgentName, Collective, Filter};
-use cohort_security::{Credential, KeyKind, Role, SecretKey, Signer, Trust};
+use cohort_security::{KeyKind, SecretKey};
 use cohort_test_support::{BrokerProcess, cpu_ms};
 
 const SEED: u64 = 7;
@@ -90,16 +92,7 @@ impl Mode {
 /// The client's security for a fleet of `issuer`'s nodes (`None`: off).
 fn client_security(issuer: Option<&SecretKey>, mode: Mode) -> ClientSecurity {
     let Some(issuer) = issuer else { return ClientSecurity::default() };
-    let key = SecretKey::generate(KeyKind::Member, rand::random());
-    let credential =
-        Credential::issue(issuer, "bench", Role::Client, key.public(), "bench".into(), 0, i64::MAX)
-            .unwrap();
-    let security = ClientSecurity {
-        signer: Some(Signer::new(key, credential).unwrap()),
-        trust: Some(std::sync::Arc::new(Trust::new(vec![issuer.public().clone()]))),
-        tls_ca: None,
-        reply_keys: None,
-    };
+    let security = common::client_security(issuer);
     if mode == Mode::Mac { security.with_mac_replies() } else { security }
 }
 
