@@ -13,7 +13,7 @@ use cohort_proto::{AgentName, Collective, Expr, FactOp, Filter, Identity, Status
 use serde_json::{Map, Value, json};
 
 use crate::discovery::Method;
-use crate::options::{CommonFlags, FilterFlags, Settings};
+use crate::options::{CommonFlags, FilterFlags, Lifetime, Settings};
 use crate::output::{Io, finished_line, name_grid};
 
 /// The client side of one application run, set up once: settings (key files, trust), the node
@@ -41,31 +41,14 @@ impl Session {
         &self.settings.config.collective
     }
 
-    pub(crate) async fn open(common: &CommonFlags, filter: &Filter) -> anyhow::Result<Session> {
-        Session::open_for(common, filter, false).await
-    }
-
-    /// [`Session::open`] for a process that runs for days and calls the same nodes again and
-    /// again: it asks for MAC'd replies ([`Settings::connect_long_lived`]).
-    pub(crate) async fn open_long_lived(
+    pub(crate) async fn open(
         common: &CommonFlags,
         filter: &Filter,
-    ) -> anyhow::Result<Session> {
-        Session::open_for(common, filter, true).await
-    }
-
-    async fn open_for(
-        common: &CommonFlags,
-        filter: &Filter,
-        long_lived: bool,
+        lifetime: Lifetime,
     ) -> anyhow::Result<Session> {
         let settings = common.settings()?;
         let method = common.discovery.method(filter, &settings.config.collective)?;
-        let client = if long_lived {
-            settings.connect_long_lived().await?
-        } else {
-            settings.connect().await?
-        };
+        let client = settings.connect(lifetime).await?;
         Ok(Session { settings, method, client })
     }
 
@@ -156,7 +139,7 @@ pub(crate) async fn facts(args: FactsArgs, io: &mut Io<'_>) -> anyhow::Result<Ex
     let filter = args.filter.build()?;
     let mut data = Map::new();
     data.insert("fact".into(), json!(args.fact));
-    let session = Session::open(&args.common, &filter).await?;
+    let session = Session::open(&args.common, &filter, Lifetime::OneShot).await?;
     let (discovered, result) = session.rpcutil(&filter, "get_fact", data).await?;
     if discovered.nodes.is_empty() {
         writeln!(io.err, "No request sent, we did not discover any nodes.")?;
@@ -222,7 +205,7 @@ pub(crate) async fn inventory(args: InventoryArgs, io: &mut Io<'_>) -> anyhow::R
         bail!("name a node, or give --list-collectives or --export")
     };
     filter.identity = vec![node.to_string()];
-    let session = Session::open(&args.common, &filter).await?;
+    let session = Session::open(&args.common, &filter, Lifetime::OneShot).await?;
     let (_, inventory) = session.rpcutil(&filter, "inventory", Map::new()).await?;
     let (_, stats) = session.rpcutil(&filter, "daemon_stats", Map::new()).await?;
     let (Some(inventory), Some(stats)) = (inventory.replies.first(), stats.replies.first()) else {
@@ -311,7 +294,7 @@ async fn list_collectives(
     filter: &Filter,
     io: &mut Io<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let session = Session::open(common, filter).await?;
+    let session = Session::open(common, filter, Lifetime::OneShot).await?;
     let (_, result) = session.rpcutil(filter, "collective_info", Map::new()).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for node in &result.replies {
@@ -337,7 +320,7 @@ async fn export(
     path: &std::path::Path,
     io: &mut Io<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let session = Session::open(common, filter).await?;
+    let session = Session::open(common, filter, Lifetime::OneShot).await?;
     let (_, result) = session.rpcutil(filter, "inventory", Map::new()).await?;
     let mut nodes = Vec::new();
     for node in &result.replies {

@@ -14,7 +14,7 @@ use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Value, json};
 
 use crate::discovery::Method;
-use crate::options::{CommonFlags, FilterFlags, Settings};
+use crate::options::{CommonFlags, FilterFlags, Lifetime, Settings};
 use crate::output::{Io, ms, name_grid, progress};
 
 /// Options shared by both commands.
@@ -122,7 +122,7 @@ async fn run_check(
     mut on_discovered: impl FnMut(usize),
 ) -> anyhow::Result<Ran> {
     let started = Instant::now();
-    let client = settings.connect().await?;
+    let client = settings.connect(Lifetime::OneShot).await?;
     let agent = AgentName::new("nrpe")?;
     let mut data = serde_json::Map::new();
     data.insert("command".into(), Value::from(flags.check()));

@@ -23,6 +23,7 @@ use cohort_keystore::KeyDir;
 use cohort_proto::Collective;
 use cohort_security::Role;
 
+use crate::options::Lifetime;
 use crate::output::Io;
 use crate::{ClientCommand, run_client};
 
@@ -281,7 +282,7 @@ impl Secure {
 /// Waits until discovery sees the whole fleet (every node has subscribed).
 async fn wait_for_fleet(config: &Path, count: u32) -> anyhow::Result<()> {
     let settings = crate::options::Settings::from_file(config)?;
-    let client = settings.connect().await?;
+    let client = settings.connect(Lifetime::OneShot).await?;
     let discovery = cohort_client::DiscoveryOptions {
         expect: Some(count as usize),
         window: Duration::from_millis(300),

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::options::{CommonFlags, FilterFlags};
+use crate::options::{CommonFlags, FilterFlags, Lifetime};
 use crate::output::{Io, unverified_lines};
 
 /// Options of `cohort find`.
@@ -28,7 +28,7 @@ pub(crate) async fn run(args: FindArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
         }
         return Ok(if nodes.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
-    let client = settings.connect().await?;
+    let client = settings.connect(Lifetime::OneShot).await?;
     let discovered = client.discover(&filter, &settings.discovery(), |_, _| {}).await?;
     for node in &discovered.nodes {
         writeln!(io.out, "{node}")?;

@@ -135,6 +135,17 @@ pub(crate) struct CommonFlags {
     pub(crate) discovery: crate::discovery::DiscoveryFlags,
 }
 
+/// How long a command talks to the fleet, which decides how nodes prove their replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// One command: signed replies, the cheapest to check on first contact.
+    OneShot,
+    /// A process that calls the same nodes for days (the scheduler, the provisioner): replies
+    /// carry MACs under keys agreed with each node once, a fraction of a signature's cost on
+    /// both sides from the second call on (docs/security.md, *Reply proofs*).
+    LongLived,
+}
+
 /// Resolved client settings: the configuration (`cohort_client::config`) plus what only
 /// this binary's output needs.
 #[derive(Debug, Clone)]
@@ -173,19 +184,11 @@ impl Settings {
         Ok(Settings { config: ClientConfig::from_file(path)?, verbose: false })
     }
 
-    /// Connects for one command: replies are signed, the cheapest to check on first contact.
-    pub(crate) async fn connect(&self) -> anyhow::Result<cohort_client::Client> {
-        self.connect_for(false).await
-    }
-
-    /// Connects for a process that calls the same nodes for days (the scheduler, the
-    /// provisioner): replies carry MACs under keys agreed with each node once, a fraction of a
-    /// signature's cost on both sides from the second call on (docs/security.md).
-    pub(crate) async fn connect_long_lived(&self) -> anyhow::Result<cohort_client::Client> {
-        self.connect_for(true).await
-    }
-
-    async fn connect_for(&self, long_lived: bool) -> anyhow::Result<cohort_client::Client> {
+    /// Connects as a process of this `lifetime`, which decides how replies are proven.
+    pub(crate) async fn connect(
+        &self,
+        lifetime: Lifetime,
+    ) -> anyhow::Result<cohort_client::Client> {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()
@@ -197,7 +200,7 @@ impl Settings {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".to_owned());
         let (mut options, warnings) = self.config.client_options(format!("user={user}"), sender);
-        if long_lived {
+        if lifetime == Lifetime::LongLived {
             options.security = options.security.with_mac_replies();
         }
         for warning in warnings {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::options::{CommonFlags, FilterFlags};
+use crate::options::{CommonFlags, FilterFlags, Lifetime};
 use crate::output::{Io, ms, unverified_lines};
 
 /// Options of `cohort ping`.
@@ -52,7 +52,7 @@ pub(crate) async fn run(args: PingArgs, io: &mut Io<'_>) -> anyhow::Result<ExitC
     let filter = args.filter.build()?;
     let settings = args.common.settings()?;
     let method = args.common.discovery.method(&filter, &settings.config.collective)?;
-    let client = settings.connect().await?;
+    let client = settings.connect(Lifetime::OneShot).await?;
     let mut options = settings.discovery();
     // Ping waits for slow nodes up to -t (default 5 s) plus --dt while they are still
     // answering, not only the discovery timeout.

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::apps::Session;
-use crate::options::CommonFlags;
+use crate::options::{CommonFlags, Lifetime};
 use crate::output::Io;
 
 /// What `cohort provision` does.
@@ -274,8 +274,9 @@ async fn serve(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let session =
-        Session::open_long_lived(common, &Filter::default()).await?.with_lost_grace(LOST_GRACE);
+    let session = Session::open(common, &Filter::default(), Lifetime::LongLived)
+        .await?
+        .with_lost_grace(LOST_GRACE);
     let metrics = ProvisionMetrics::default();
     if let Some(address) = &config.metrics {
         let metrics = metrics.clone();

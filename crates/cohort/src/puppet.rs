@@ -13,7 +13,7 @@ use cohort_puppet::runall::{Ended, Observation, Runall};
 use serde_json::{Map, Value, json};
 
 use crate::apps::{Session, finished};
-use crate::options::{CommonFlags, FilterFlags};
+use crate::options::{CommonFlags, FilterFlags, Lifetime};
 use crate::output::Io;
 
 /// What to do.
@@ -149,7 +149,7 @@ pub(crate) async fn run(args: PuppetArgs, io: &mut Io<'_>) -> anyhow::Result<Exi
         return crate::schedule::run(&args.scheduler_config, &args.common, io).await;
     }
     let filter = args.filter.build()?;
-    let session = Session::open(&args.common, &filter).await?;
+    let session = Session::open(&args.common, &filter, Lifetime::OneShot).await?;
     if args.action == Action::Runall {
         return runall(&args, &session, &filter, io).await;
     }

@@ -23,7 +23,7 @@ use cohort_ddl::{ActionDdl, AgentDdl, Display, Summary};
 use cohort_proto::{AgentName, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::options::{CommonFlags, FilterFlags};
+use crate::options::{CommonFlags, FilterFlags, Lifetime};
 use crate::output::{Io, finished_line, ms, name_grid, progress, unverified_lines};
 
 /// Options of `cohort rpc`.
@@ -191,7 +191,7 @@ pub(crate) async fn run(args: RpcArgs, io: &mut Io<'_>) -> anyhow::Result<ExitCo
     let data = parse_inputs(&args.inputs, action)?;
 
     let method = args.common.discovery.method(&filter, &settings.config.collective)?;
-    let client = settings.connect().await?;
+    let client = settings.connect(Lifetime::OneShot).await?;
     let ddl_timeout = ddl.as_ref().map(|ddl| Duration::from_secs_f64(ddl.metadata.timeout));
     let timeout =
         reply_timeout(settings.config.timeout, ddl_timeout, settings.config.discovery_timeout);

@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use serde_json::{Map, Value, json};
 
 use crate::apps::Session;
-use crate::options::CommonFlags;
+use crate::options::{CommonFlags, Lifetime};
 use crate::output::Io;
 use crate::puppet::observed;
 
@@ -70,7 +70,7 @@ pub(crate) async fn run(
         .with_context(|| format!("invalid scheduler configuration {}", config_file.display()))?;
     let filter =
         config.filter.build().with_context(|| format!("[filter] in {}", config_file.display()))?;
-    let session = Session::open_long_lived(common, &filter).await?;
+    let session = Session::open(common, &filter, Lifetime::LongLived).await?;
     let metrics = Arc::new(ScheduleMetrics::default());
     if let Some(address) = &config.metrics {
         let metrics = metrics.clone();
