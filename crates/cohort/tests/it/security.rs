@@ -1136,7 +1136,8 @@ async fn mac_replies_are_accepted_only_from_the_node_that_made_them() {
     }
 
     // n2, compromised, answers in n1's name: with its own credential, and with n1's credential
-    // and a MAC under its own key.
+    // and a MAC under its own key. The real n1 is stopped until the forgeries are on the bus, so
+    // they reach alice before the call has every genuine reply and stops listening.
     let (rogue, _) = fleet.connect("node", NODES[1]).await;
     let mut heard = rogue.subscribe("cohort.broadcast.agent.>").await.unwrap();
     rogue.flush().await.unwrap();
@@ -1146,7 +1147,9 @@ async fn mac_replies_are_accepted_only_from_the_node_that_made_them() {
     assert!(n1_as_n2.is_err(), "a key cannot be paired with another's credential by the API");
     let n2_keys = ReplyKeys::new(n2.key());
     let alice_public = fleet.signer("client", "alice").key().public().clone();
+    let (forged, sent) = tokio::sync::oneshot::channel();
     let impostor = tokio::spawn(async move {
+        let mut forged = Some(forged);
         while let Some(message) = heard.next().await {
             let Some(reply_to) = message.reply.clone() else { continue };
             let inner = cohort_security::peek(&message.payload).unwrap();
@@ -1168,9 +1171,19 @@ async fn mac_replies_are_accepted_only_from_the_node_that_made_them() {
                 rogue.publish(reply_to.clone(), forged.into()).await.unwrap();
             }
             rogue.flush().await.unwrap();
+            if let Some(forged) = forged.take() {
+                let _ = forged.send(());
+            }
         }
     });
-    let result = client.call(ping(), |_| {}).await.unwrap();
+    let n1 = &fleet.nodes[0];
+    n1.signal("STOP");
+    let (result, ()) = tokio::join!(client.call(ping(), |_| {}), async {
+        let heard = tokio::time::timeout(Duration::from_secs(10), sent).await;
+        n1.signal("CONT");
+        assert!(matches!(heard, Ok(Ok(()))), "the impostor never answered: {heard:?}");
+    });
+    let result = result.unwrap();
     impostor.abort();
     assert_eq!(result.stats.ok, NODES.len(), "{:?}", result.stats.unverified);
     let reasons: Vec<&str> = result.stats.unverified.iter().map(|u| u.reason.as_str()).collect();
