@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyError, KeyKind, PublicKey, SecretKey};
+use crate::keys::{KeyError, KeyKind, PublicKey, SecretKey, all_verify};
 
 const CREDENTIAL_DOMAIN: &[u8] = b"cohort-credential-v1\n";
 const REVOCATION_DOMAIN: &[u8] = b"cohort-revocations-v1\n";
@@ -366,16 +366,12 @@ impl Trust {
                 None => self.stage(credential).map(Err),
             })
             .collect();
-        let unseen: Vec<&Staged> =
-            looked_up.iter().filter_map(|item| item.as_ref().ok()?.as_ref().err()).collect();
-        let all_good = unseen.len() > 1 && {
-            let messages: Vec<&[u8]> = unseen.iter().map(|s| s.signed.as_slice()).collect();
-            let signatures: Vec<ed25519_dalek::Signature> =
-                unseen.iter().map(|s| s.signature).collect();
-            let issuers: Vec<ed25519_dalek::VerifyingKey> =
-                unseen.iter().map(|s| *s.issuer.verifying()).collect();
-            ed25519_dalek::verify_batch(&messages, &signatures, &issuers).is_ok()
-        };
+        let unseen: Vec<(&[u8], ed25519_dalek::Signature, &PublicKey)> = looked_up
+            .iter()
+            .filter_map(|item| item.as_ref().ok()?.as_ref().err())
+            .map(|s| (s.signed.as_slice(), s.signature, &s.issuer))
+            .collect();
+        let all_good = all_verify(&unseen);
         credentials
             .iter()
             .zip(looked_up)

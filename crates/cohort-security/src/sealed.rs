@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::credential::{Credential, CredentialError, Trust, Verified};
-use crate::keys::SecretKey;
+use crate::keys::{PublicKey, SecretKey, all_verify};
 use crate::reply_keys::{ReplyKey, ReplyKeys};
 
 /// Protocol id of the signed envelope.
@@ -343,19 +343,12 @@ pub fn open_unsealed(
             Ok(Staged::new(unsealed, signer))
         })
         .collect();
-    let candidates: Vec<(&Staged, ed25519_dalek::Signature)> = staged
+    let candidates: Vec<(&[u8], ed25519_dalek::Signature, &PublicKey)> = staged
         .iter()
         .filter_map(|s| s.as_ref().ok())
-        .filter_map(|s| Some((s, s.signature()?)))
+        .filter_map(|s| Some((s.signed.as_slice(), s.signature()?, &s.signer.key)))
         .collect();
-    let all_good = candidates.len() > 1 && {
-        let messages: Vec<&[u8]> = candidates.iter().map(|(s, _)| s.signed.as_slice()).collect();
-        let signatures: Vec<ed25519_dalek::Signature> =
-            candidates.iter().map(|(_, signature)| *signature).collect();
-        let signers: Vec<ed25519_dalek::VerifyingKey> =
-            candidates.iter().map(|(s, _)| *s.signer.key.verifying()).collect();
-        ed25519_dalek::verify_batch(&messages, &signatures, &signers).is_ok()
-    };
+    let all_good = all_verify(&candidates);
     staged.into_iter().map(|staged| staged?.finish(all_good, keys)).collect()
 }
 
