@@ -62,6 +62,13 @@ impl Step {
         matches!(self, Step::CleanCert | Step::RequestCertificate | Step::SignCertificate)
     }
 
+    /// Whether a node found no longer provisionable when this step is due has had the step
+    /// done: true of `disable` alone, whose whole effect that is. Any other step of a node
+    /// that left the set is someone else's business.
+    pub fn is_done_when_disabled(&self) -> bool {
+        matches!(self, Step::Disable)
+    }
+
     const BUILT_IN: [Step; 9] = [
         Step::SetPuppetHost,
         Step::CleanCert,

@@ -137,7 +137,7 @@ enum StepError {
     Failed(String),
     /// Another provisioner holds the node.
     Lost(String),
-    /// The node was already provisioned by someone else.
+    /// The node is no longer provisionable (disabled, or its agent gone), as it said.
     Gone(String),
 }
 
@@ -492,7 +492,7 @@ impl<F: Fleet> Driver<F> {
         // Disabled, or its provision agent already deactivated: someone finished it.
         let disabled = answer.data.get("disabled").and_then(Value::as_bool) == Some(true);
         if disabled || answer.status == StatusCode::UnknownAction {
-            return Err(StepError::Gone(format!("no longer provisionable: {}", answer.message)));
+            return Err(StepError::Gone(answer.message));
         }
         Err(failed(format!("lock: {}", answer.message)))
     }
@@ -533,7 +533,7 @@ impl<F: Fleet> Driver<F> {
                     return;
                 }
                 Err(StepError::Gone(why)) => {
-                    tracing::info!("{node}: left alone: {why}");
+                    tracing::info!("{node}: left alone: no longer provisionable: {why}");
                     self.drop_node(node).await;
                     return;
                 }
@@ -594,6 +594,13 @@ impl<F: Fleet> Driver<F> {
             Ok(()) => {
                 let result = self.step(progress, &step).await;
                 (step, result)
+            }
+            // Leaving the provisionable set is all `disable` does, so a node found gone at that
+            // step has had it done: typically by our last attempt, whose reply was lost with the
+            // broker after the node acted. Leaving it alone would drop a provisioned node from
+            // the record, never done and never notified.
+            Err(StepError::Gone(why)) if step.is_done_when_disabled() => {
+                (step, Ok((Outcome::Ok, format!("no longer provisionable already: {why}"))))
             }
             Err(err) => (step, Err(err)),
         }

@@ -280,7 +280,13 @@ fn members_killed_mid_call_are_reported_or_survived_and_the_fleet_fails_over() {
             assert_eq!(replied, all, "round {round}: exit 0 and short: {doc}\n{stderr}");
             complete += 1;
         } else {
-            assert!(matches!(output.status.code(), Some(2 | 5)), "round {round}: {stderr}");
+            // 2: replies missing; 5: the client's own member died; 1: discovery found
+            // nobody, and said how short it was.
+            let code = output.status.code();
+            assert!(
+                matches!(code, Some(2 | 5)) || (code == Some(1) && discovered == 0),
+                "round {round}: {stderr}"
+            );
             // Whatever discovery found is accounted for by name.
             let union: BTreeSet<String> = replied.union(&missing).cloned().collect();
             assert_eq!(

@@ -8,9 +8,10 @@
 //! is notified once by mail and by webhook, and leaves the provisionable set; the master is
 //! chosen by the first agreeing criterion; a stale certificate is cleaned before signing; a
 //! node started while the provisioner runs is noticed; a failing node is retried, failed,
-//! unlocked and notified; a provisioner killed mid-node resumes without signing again; two
-//! provisioners never do a node twice; a master that went away is replaced by the next by
-//! criteria. Slow (about a minute): runs with `COHORT_SLOW_TESTS=1`.
+//! unlocked and notified; a node found already disabled at its `disable` step (as when the
+//! reply to that step is lost) is done and notified; a provisioner killed mid-node resumes
+//! without signing again; two provisioners never do a node twice; a master that went away is
+//! replaced by the next by criteria. Slow (about a minute): runs with `COHORT_SLOW_TESTS=1`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,7 +41,10 @@ case "$1 $2" in
   "ssl submit_request")
     [ -d "$ca" ] || {{ echo "Error: no CA at $ip"; exit 1; }}
     touch "$ca/requests/$node"; echo "Submitted certificate request for '$node' to $ip"; exit 0 ;;
-  "agent --daemonize") echo started > "$last/daemon"; exit 0 ;;
+  "agent --daemonize")
+    touch "$last/daemonizing"
+    [ -f "$last/slow-daemonize" ] && sleep "$(cat "$last/slow-daemonize")"
+    echo started > "$last/daemon"; exit 0 ;;
 esac
 env=production
 while [ $# -gt 0 ]; do [ "$1" = "--environment" ] && env=$2; shift; done
@@ -543,6 +547,46 @@ fn failures_restarts_and_rival_provisioners() {
     assert!(retried.status.success(), "{}", crate::fleet::stderr(&retried));
     let done = wait_settled(&fleet, &config, &["f1"], &again, Duration::from_secs(60));
     assert_eq!(done["f1"]["state"], "done", "{:#?}", done["f1"]);
+
+    // d1 is disabled while its Puppet daemon starts, as when the reply to the provisioner's
+    // own `disable` is lost with the broker after the node acted: found already disabled at
+    // that step, it is done and notified, not dropped from the record.
+    let extra = new_node("d1", &dir);
+    std::fs::write(dir.join("d1/slow-daemonize"), "5").unwrap();
+    let agents = fleet.agents_dir.clone();
+    fleet.add_node_configured(
+        &node_spec("d1", "region: eu\nipaddress: 10.1.0.3\n"),
+        &agents,
+        &extra,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("d1/daemonizing").exists() {
+        assert!(Instant::now() < deadline, "d1 never daemonized: {}", again.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let disabled = fleet.cli(&["rpc", "provision", "disable", "-I", "d1", "-j"]);
+    let replies: Value = serde_json::from_str(&stdout(&disabled)).unwrap();
+    assert_eq!(replies["replies"][0]["statuscode"], 0, "{replies}");
+    assert!(!dir.join("d1/daemon").exists(), "disabled after its daemon started: too late");
+    let done = wait_settled(&fleet, &config, &["d1"], &again, Duration::from_secs(60));
+    assert_eq!(done["d1"]["state"], "done", "{:#?}\n{}", done["d1"], again.stderr_text());
+    let steps: Vec<(&str, &str)> = done["d1"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["step"].as_str()?, e["message"].as_str()?)))
+        .collect();
+    assert!(
+        steps.iter().any(|(step, message)| *step == "disable"
+            && message.starts_with("no longer provisionable already: ")),
+        "{steps:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = "Provisioned d1 against fm";
+    while !inbox.lock().unwrap().webhooks.iter().any(|h| h["message"] == line) {
+        assert!(Instant::now() < deadline, "d1 not notified: {}", again.stderr_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(again);
 
     // Two provisioners, each with its own store, on four new nodes: each node done once.
