@@ -6,10 +6,10 @@
 //! every found node answering: never silently short; the nodes fail over on their own and the next
 //! call is complete. Before each call the client's discovery history holds the whole fleet
 //! for the calls' filter, as an operator's would: a short discovery needs a count to fall short
-//! of (the first discovery of a filter has none, and holds to `--dt`). Then the whole cluster is killed and restarted: every node is back, and
-//! how long that took is measured (at most 15 s). The same fleet on our own broker (`--keys`,
-//! TLS), SIGKILLed and restarted: the same bound. Slow (three to four minutes): runs with
-//! `COHORT_SLOW_TESTS=1`.
+//! of (the first discovery of a filter has none, and holds to `--dt`). Then the whole cluster
+//! is killed and restarted: every node is back, and how long that took is measured (at most
+//! 15 s). The same fleet on our own broker (`--keys`, TLS), SIGKILLed and restarted: the same
+//! bound. Slow (three to four minutes): runs with `COHORT_SLOW_TESTS=1`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
