@@ -577,11 +577,15 @@ async fn scenario(kind: BrokerKind) {
     // client shows both as unverified and merges neither with the genuine replies. To
     // discovery it also answers for a node that does not exist: the client checks that reply
     // before listing the node as not responding, and so lists it nowhere but as unverified.
+    // The real n1 is stopped until the impostor's answers to discovery are on the bus, so they
+    // reach alice while discovery still waits for n1, however late the impostor is scheduled.
     let (rogue, _) = fleet.connect("node", NODES[1]).await;
     let mut heard = rogue.subscribe("cohort.broadcast.agent.>").await.unwrap();
     rogue.flush().await.unwrap();
     let n2 = fleet.signer("node", NODES[1]);
+    let (answered, sent) = tokio::sync::oneshot::channel();
     let impostor = tokio::spawn(async move {
+        let mut answered = Some(answered);
         while let Some(message) = heard.next().await {
             let Some(reply_to) = message.reply.clone() else { continue };
             let inner = cohort_security::peek(&message.payload).unwrap();
@@ -601,9 +605,27 @@ async fn scenario(kind: BrokerKind) {
             reply["sender"] = json!("ghost.example.net");
             rogue.publish(reply_to, reply.to_string().into()).await.unwrap();
             rogue.flush().await.unwrap();
+            if request.agent.as_str() == "discovery"
+                && let Some(answered) = answered.take()
+            {
+                let _ = answered.send(());
+            }
         }
     });
-    let output = fleet.cli("alice", &["rpc", "rpcutil", "ping", "-j", "--timeout", "120"]);
+    let n1 = &fleet.nodes[0];
+    n1.signal("STOP");
+    let call = cohort()
+        .args(["rpc", "rpcutil", "ping", "-j", "--timeout", "120", "-c"])
+        .arg(fleet.dir.path().join("alice.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), sent).await;
+    n1.signal("CONT");
+    assert!(matches!(heard, Ok(Ok(()))), "the impostor never answered: {heard:?}");
+    let output =
+        tokio::task::spawn_blocking(move || call.wait_with_output()).await.unwrap().unwrap();
     impostor.abort();
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
