@@ -165,26 +165,39 @@ impl SecureFleet {
         self.names.iter().cloned().collect()
     }
 
-    /// Until a ping is complete (every node reachable and answering, verified); how long that
-    /// took.
-    fn wait_for_all(&self, why: &str) -> Duration {
+    /// Runs `args` every 200 ms until it exits 0 having heard from every node, as `heard` reads
+    /// its standard output (90 s at most); how long that took.
+    fn until_all_heard(
+        &self,
+        why: &str,
+        args: &[&str],
+        heard: impl Fn(&[u8]) -> BTreeSet<String>,
+    ) -> Duration {
         let started = Instant::now();
         loop {
-            let output = self.cli(&["rpc", "rpcutil", "ping", "-j", "-t", "5"]);
-            let doc: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-            let (replied, _) = accounted(&doc);
-            if output.status.code() == Some(0) && replied == self.all() {
+            let output = self.cli(args);
+            let nodes = heard(&output.stdout);
+            if output.status.code() == Some(0) && nodes == self.all() {
                 return started.elapsed();
             }
             assert!(
                 started.elapsed() < Duration::from_secs(90),
-                "{why}: {} of {NODES} answered: {}\n--- first node:\n{}",
-                replied.len(),
+                "{why}: `{}` heard {} of {NODES}: {}\n--- first node:\n{}",
+                args.join(" "),
+                nodes.len(),
                 String::from_utf8_lossy(&output.stderr),
                 self.daemons[0].stderr_text()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Until a ping is complete (every node reachable and answering, verified); how long that
+    /// took.
+    fn wait_for_all(&self, why: &str) -> Duration {
+        self.until_all_heard(why, &["rpc", "rpcutil", "ping", "-j", "-t", "5"], |stdout| {
+            accounted(&serde_json::from_slice(stdout).unwrap_or(Value::Null)).0
+        })
     }
 
     /// Until a discovery of the nodes with the `slow` agent finds all of them. `rpc slow`
@@ -193,22 +206,9 @@ impl SecureFleet {
     /// this, the first call has no record (a call that lost its broker records none), and a
     /// short discovery that kept its broker records its smaller count for the next call.
     fn record_the_whole_fleet(&self, why: &str) {
-        let started = Instant::now();
-        loop {
-            let output = self.cli(&["find", "-A", "slow"]);
-            let found: BTreeSet<String> =
-                String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
-            if output.status.code() == Some(0) && found == self.all() {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "{why}: discovery found {} of {NODES}: {}",
-                found.len(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.until_all_heard(why, &["find", "-A", "slow"], |stdout| {
+            String::from_utf8_lossy(stdout).lines().map(str::to_owned).collect()
+        });
     }
 
     /// How many discovery counts the client's history holds (one per filter).

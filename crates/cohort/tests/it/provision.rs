@@ -273,6 +273,20 @@ fn poll_settled(
     }
 }
 
+/// Waits (60 s at most) until `path` exists: the stand-ins leave such marks as they go.
+fn wait_for_mark(path: &Path, provisioner: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared: {}",
+            path.display(),
+            provisioner.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
@@ -560,11 +574,7 @@ fn failures_restarts_and_rival_provisioners() {
         &agents,
         &extra,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("d1/daemonizing").exists() {
-        assert!(Instant::now() < deadline, "d1 never daemonized: {}", again.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_mark(&dir.join("d1/daemonizing"), &again);
     let disabled = fleet.cli(&["rpc", "provision", "disable", "-I", "d1", "-j"]);
     let replies: Value = serde_json::from_str(&stdout(&disabled)).unwrap();
     assert_eq!(replies["replies"][0]["statuscode"], 0, "{replies}");
@@ -582,12 +592,9 @@ fn failures_restarts_and_rival_provisioners() {
             && message.starts_with("no longer provisionable already: ")),
         "{steps:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = "Provisioned d1 against fm";
-    while !inbox.lock().unwrap().webhooks.iter().any(|h| h["message"] == line) {
-        assert!(Instant::now() < deadline, "d1 not notified: {}", again.stderr_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // `done` comes after `notify`, which the receiver answered only once it had the hook.
+    let hooked = inbox.lock().unwrap().webhooks.clone();
+    assert!(hooked.iter().any(|h| h["message"] == "Provisioned d1 against fm"), "{hooked:?}");
     drop(again);
 
     // Two provisioners, each with its own store, on four new nodes: each node done once.
@@ -896,12 +903,8 @@ fn a_stopped_provisioner_loses_the_node_to_another() {
     let ports = receivers(inbox);
     let a_config = provisioner_config(&dir, "pa", ports, "lock_ttl = \"10s\"");
     let a = provisioner(&fleet, &a_config);
-    let deadline = Instant::now() + Duration::from_secs(60);
     // Stopped in the middle of s1's bootstrap run (signed, certificate fetched).
-    while !dir.join("s1/started-bootstrap").exists() {
-        assert!(Instant::now() < deadline, "s1 never reached bootstrap: {}", a.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_mark(&dir.join("s1/started-bootstrap"), &a);
     a.signal("STOP");
     let b_config = provisioner_config(&dir, "pb", ports, "lock_ttl = \"10s\"");
     let b = provisioner(&fleet, &b_config);
@@ -1085,15 +1088,7 @@ fn secure_provisioning_survives_a_broker_restart() {
         nodes.into_iter().map(|n| (n["node"].as_str().unwrap_or("").to_owned(), n)).collect()
     };
     // sec2's bootstrap run is in flight when the broker restarts.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.join("sec2/started-bootstrap").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "sec2 never reached bootstrap: {}",
-            provisioner.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_mark(&d.join("sec2/started-bootstrap"), &provisioner);
     broker.signal("TERM");
     assert!(broker.wait_exit(Duration::from_secs(10)).is_some());
     broker = secure_broker(&keys_dir, addr);
